@@ -25,6 +25,15 @@ def configure_logging(log_file: str | Path | None = None, level: int = logging.I
         handlers.append(logging.FileHandler(log_file, mode="w"))
     logging.basicConfig(level=level, format=LOG_FORMAT, handlers=handlers, force=True)
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(exc_type, exc, tb) -> None:
+    """Put the error that ends a script into its log file, not only on stderr."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    logging.getLogger("nudiff").critical("failed: %s", exc, exc_info=(exc_type, exc, tb))
 
 
 def log_progress(

@@ -1,0 +1,47 @@
+"""Checks on the workflow configuration that a JSON schema cannot express.
+
+The schema (``config/schema.yaml``) catches unknown keys, wrong types and out
+of range values; what is left here are rules that relate keys to each other.
+Each error names the key to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from nudiff.errors import ConfigError
+
+
+def subset_key(percent: int) -> str:
+    """The name of a subset in paths and config keys: 10 -> ``"10pct"``."""
+    return f"{percent}pct"
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the first inconsistent key."""
+    for name, spec in config["datasets"].items():
+        key = f"datasets.{name}"
+        if spec["format"] == "demo":
+            if "path" in spec:
+                raise ConfigError(f"{key}.path: a demo dataset is generated, it takes no path")
+        elif "path" not in spec:
+            raise ConfigError(f"{key}.path: required for format {spec['format']!r}")
+        elif "demo" in spec and spec["demo"]:
+            raise ConfigError(f"{key}.demo: only for format demo")
+        missing = [subset_key(p) for p in config["subsets"] if subset_key(p) not in spec["synthetic_pairs"]]
+        if missing:
+            raise ConfigError(f"{key}.synthetic_pairs: no entry for subset(s) {missing}")
+    patches = config.get("patches", {})
+    if patches.get("stride", 1) > patches.get("size", 1):
+        raise ConfigError("patches.stride: larger than patches.size, so pixels between patches would be skipped")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for, but no CUDA device is visible")
+    return device

@@ -1,0 +1,115 @@
+# Data stage: from source files to labelled subsets (spec sections 1-2).
+
+
+rule make_demo_dataset:
+    output:
+        directory("results/{dataset}/source"),
+    log:
+        "logs/{dataset}/make_demo_dataset.log",
+    params:
+        demo=lambda wildcards: dataset_spec(wildcards)["demo"],
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/make_demo_dataset.py"
+
+
+rule prepare_dataset:
+    input:
+        prepare_dataset_input,
+    output:
+        directory("results/{dataset}/prepared"),
+    log:
+        "logs/{dataset}/prepare_dataset.log",
+    params:
+        source=prepare_dataset_params,
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/prepare_dataset.py"
+
+
+rule extract_patches:
+    input:
+        "results/{dataset}/prepared",
+    output:
+        "results/{dataset}/patches/index.csv",
+    log:
+        "logs/{dataset}/extract_patches.log",
+    params:
+        size=config["patches"]["size"],
+        stride=config["patches"]["stride"],
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/extract_patches.py"
+
+
+rule compute_features:
+    input:
+        prepared="results/{dataset}/prepared",
+        index="results/{dataset}/patches/index.csv",
+    output:
+        "results/{dataset}/patches/features.npz",
+    log:
+        "logs/{dataset}/compute_features.log",
+    benchmark:
+        "benchmarks/{dataset}/compute_features.tsv"
+    params:
+        features=config["features"],
+    resources:
+        mem_mb=8000,
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/compute_features.py"
+
+
+rule cluster_patches:
+    input:
+        "results/{dataset}/patches/features.npz",
+    output:
+        "results/{dataset}/patches/clusters.csv",
+    log:
+        "logs/{dataset}/cluster_patches.log",
+    params:
+        selection=config["selection"],
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/cluster_patches.py"
+
+
+rule select_subset:
+    input:
+        prepared="results/{dataset}/prepared",
+        index="results/{dataset}/patches/index.csv",
+        clusters="results/{dataset}/patches/clusters.csv",
+    output:
+        samples="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        summary="results/{dataset}/{pct}pct/trainsets/labelled_summary.json",
+    log:
+        "logs/{dataset}/{pct}pct/select_subset.log",
+    params:
+        percent=lambda wildcards: int(wildcards.pct),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/select_subset.py"
+
+
+rule summarize_subsets:
+    input:
+        subset_summaries,
+    output:
+        report(
+            "results/{dataset}/subsets.csv",
+            caption="../config/report/subsets.rst",
+            category="Labelled subsets",
+        ),
+    log:
+        "logs/{dataset}/summarize_subsets.log",
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/summarize_subsets.py"

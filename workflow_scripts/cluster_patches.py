@@ -1,0 +1,7 @@
+from nudiff.logs import configure_logging
+
+configure_logging(snakemake.log[0])
+
+from nudiff.subsets import cluster_patch_features
+
+cluster_patch_features(snakemake.input[0], snakemake.output[0], **snakemake.params.selection)
