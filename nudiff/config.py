@@ -28,7 +28,7 @@ def check_config(config: dict[str, Any]) -> None:
                 raise ConfigError(f"{key}.path: a demo dataset is generated, it takes no path")
         elif "path" not in spec:
             raise ConfigError(f"{key}.path: required for format {spec['format']!r}")
-        elif "demo" in spec and spec["demo"]:
+        elif "demo" in spec:
             raise ConfigError(f"{key}.demo: only for format demo")
         missing = [subset_key(p) for p in config["subsets"] if subset_key(p) not in spec["synthetic_pairs"]]
         if missing:

@@ -1,0 +1,273 @@
+"""Training the two diffusion models of the paper (spec sections 4a and 4b).
+
+Both run through :func:`nudiff.training.loop.run_training`; they differ only in
+what a training example is:
+
+* ``structure`` (step 1, unconditional): x0 is the nuclei structure of a
+  labelled patch, scaled to [-1, 1].
+* ``image`` (step 2, structure-conditioned): x0 is the RGB patch scaled to
+  [-1, 1], the condition is its structure. Stage 1 trains fully conditional
+  (``drop_rate`` 0, lr 1e-4); stage 2 starts from stage 1's weights and
+  fine-tunes classifier-free (``drop_rate`` 0.2, lr 2e-5).
+
+Augmentation applies one of the 8 flips/rotations of the square to the patch
+and its instance map and recomputes the structure from the transformed map, so
+the horizontal/vertical maps keep HoVer-Net's convention exactly (flipping a
+map and negating it would be off by HoVer-Net's rounding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nudiff.diffusion.loss import l_simple
+from nudiff.diffusion.schedule import NoiseSchedule, linear_schedule
+from nudiff.diffusion.unet import UNet, UNetConfig, count_parameters
+from nudiff.errors import ConfigError, InputDataError
+from nudiff.figures import plot_loss_curve
+from nudiff.io.atomic import atomic_path
+from nudiff.samples import SampleReader, read_sample_table
+from nudiff.structure import nuclei_structure, structure_to_model_range
+from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
+from nudiff.training.loop import LoopSettings, run_training
+
+logger = logging.getLogger(__name__)
+
+ModelKind = Literal["structure", "image"]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The forward process (paper: linear, T = 1000, beta 1e-4 to 0.02)."""
+
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def build(self) -> NoiseSchedule:
+        return linear_schedule(self.timesteps, self.beta_start, self.beta_end)
+
+
+@dataclass(frozen=True)
+class DiffusionTraining:
+    """One training run; defaults are the paper's structure model (4a)."""
+
+    iterations: int = 200_000
+    batch_size: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0
+    drop_rate: float = 0.0
+    augment: bool = True
+    checkpoint_every: int = 10_000
+    keep_checkpoints: int = 2
+    log_every: int = 100
+    seed: int = 0
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(
+            iterations=self.iterations,
+            checkpoint_every=self.checkpoint_every,
+            keep_checkpoints=self.keep_checkpoints,
+            log_every=self.log_every,
+            grad_clip=self.grad_clip,
+            ema_decay=self.ema_decay,
+        )
+
+
+def from_mapping(cls, values: dict[str, Any], key: str):
+    """Build a config dataclass from a config mapping, naming ``key`` on unknown fields."""
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{key}: unknown setting(s) {unknown}")
+    return cls(**values)
+
+
+# ---- training examples -------------------------------------------------------
+
+
+def dihedral(array: np.ndarray, op: int) -> np.ndarray:
+    """One of the 8 symmetries of the square on the first two axes: ``op`` in 0..7."""
+    if not 0 <= op < 8:
+        raise ValueError(f"op must be in 0..7, got {op}")
+    out = np.rot90(array, k=op % 4, axes=(0, 1))
+    return np.ascontiguousarray(out[:, ::-1] if op >= 4 else out)
+
+
+def image_to_model_range(rgb: np.ndarray) -> np.ndarray:
+    """``(..., H, W, 3)`` uint8 -> float32 in [-1, 1]."""
+    return rgb.astype(np.float32) / 127.5 - 1.0
+
+
+def image_from_model_range(x: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`image_to_model_range`, clipped and rounded to uint8."""
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+class TrainingExamples:
+    """Labelled patches held in memory, drawn as model-ready batches.
+
+    Every draw (which patches, which symmetry) comes from the generator, so a
+    seeded run sees the same batches every time, resumed or not.
+    """
+
+    def __init__(self, rgb: np.ndarray, inst: np.ndarray, *, augment: bool) -> None:
+        if len(rgb) == 0:
+            raise ValueError("no training examples")
+        self.rgb, self.inst, self.augment = rgb, inst, augment
+
+    @classmethod
+    def from_sample_table(cls, path: str | Path, *, augment: bool) -> TrainingExamples:
+        rgb, inst = SampleReader(read_sample_table(path)).load_all()
+        logger.info("%d training patches of %dx%d from %s", len(rgb), rgb.shape[1], rgb.shape[2], path)
+        return cls(rgb, inst, augment=augment)
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch ``(images, structures)``, both ``(B, 3, S, S)`` float32 in [-1, 1]."""
+        idx = torch.randint(0, len(self.rgb), (batch_size,), generator=generator).tolist()
+        ops = torch.randint(0, 8, (batch_size,), generator=generator).tolist() if self.augment else [0] * batch_size
+        images, structures = [], []
+        for i, op in zip(idx, ops):
+            inst = dihedral(self.inst[i], op)
+            images.append(image_to_model_range(dihedral(self.rgb[i], op)))
+            structures.append(structure_to_model_range(nuclei_structure(inst)))
+        to_tensor = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+        return to_tensor(images), to_tensor(structures)
+
+
+# ---- model files -------------------------------------------------------------
+
+
+def save_diffusion_model(path: str | Path, *, kind: ModelKind, network: UNetConfig, schedule: ScheduleConfig,
+                         model: torch.nn.Module, ema: torch.nn.Module | None, training: DiffusionTraining,
+                         patch_size: int) -> None:
+    """A trained model with everything needed to rebuild and sample it."""
+    state = {
+        "kind": kind,
+        "patch_size": patch_size,
+        "network": network.to_dict(),
+        "schedule": asdict(schedule),
+        "training": asdict(training),
+        "model": model.state_dict(),
+        # AveragedModel wraps the network as .module; keep the plain state dict
+        "ema": ema.module.state_dict() if ema is not None else None,
+    }
+    save_state(path, state)
+
+
+def load_diffusion_model(
+    path: str | Path, *, device: str = "cpu", weights: Literal["ema", "model"] = "ema", expect: ModelKind | None = None
+) -> tuple[UNet, NoiseSchedule, dict[str, Any]]:
+    """Rebuild a saved model in eval mode with its noise schedule; ``weights`` picks EMA or raw."""
+    state = load_state(path)
+    if expect is not None and state.get("kind") != expect:
+        raise InputDataError(f"{path} holds a {state.get('kind')!r} model, expected {expect!r}")
+    model = UNet(UNetConfig.from_dict(state["network"]))
+    chosen = state["ema"] if weights == "ema" and state["ema"] is not None else state["model"]
+    model.load_state_dict(chosen)
+    schedule = ScheduleConfig(**state["schedule"]).build()
+    return model.to(device).eval(), schedule, state
+
+
+# ---- the rule entry point ---------------------------------------------------
+
+
+def _file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def train_diffusion_model(
+    kind: ModelKind,
+    samples_csv: str | Path,
+    out_model: str | Path,
+    *,
+    network: dict[str, Any],
+    training: dict[str, Any],
+    schedule: dict[str, Any],
+    checkpoint_dir: str | Path,
+    device: str = "cpu",
+    init_model: str | Path | None = None,
+    loss_csv: str | Path | None = None,
+    loss_png: str | Path | None = None,
+) -> pd.DataFrame:
+    """Rules ``train_structure_model`` / ``train_image_model_*``: train and save one model.
+
+    Args:
+        kind: ``"structure"`` (unconditional, on structures) or ``"image"``
+            (conditioned on structures, on RGB patches).
+        samples_csv: the labelled subset (a sample table).
+        network, training, schedule: config mappings for :class:`UNetConfig`,
+            :class:`DiffusionTraining`, :class:`ScheduleConfig`.
+        checkpoint_dir: where periodic checkpoints go (removed after success).
+        init_model: start from this saved model's weights (stage 2 of the image model).
+        loss_csv, loss_png: where to write the loss log and its figure.
+
+    Returns:
+        The loss history.
+    """
+    net_cfg = from_mapping(UNetConfig, {**network, "condition_channels": 3 if kind == "image" else 0}, "network")
+    train_cfg = from_mapping(DiffusionTraining, training, "training")
+    sched_cfg = from_mapping(ScheduleConfig, schedule, "schedule")
+    if kind == "structure" and train_cfg.drop_rate:
+        raise ConfigError("training.drop_rate: the structure model has no condition to drop")
+
+    examples = TrainingExamples.from_sample_table(samples_csv, augment=train_cfg.augment)
+    size = examples.rgb.shape[1]
+    if size % net_cfg.downsampling_factor:
+        raise ConfigError(
+            f"network.channels: {len(net_cfg.channels)} levels need patches divisible by "
+            f"{net_cfg.downsampling_factor}, but patches are {size} px"
+        )
+    torch.manual_seed(train_cfg.seed)
+    model = UNet(net_cfg)
+    if init_model is not None:
+        model.load_state_dict(load_state(init_model)["model"])
+        logger.info("initialised from %s", init_model)
+    model.to(device)
+    logger.info("%s model: %s parameters, %s", kind, f"{count_parameters(model):,}", net_cfg)
+    noise_schedule = sched_cfg.build()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+    def step(model: UNet, generator: torch.Generator) -> torch.Tensor:
+        images, structures = examples.draw(train_cfg.batch_size, generator)
+        if kind == "structure":
+            return l_simple(model, structures.to(device), noise_schedule, generator=generator)
+        return l_simple(model, images.to(device), noise_schedule, generator=generator,
+                        cond=structures.to(device), drop_rate=train_cfg.drop_rate)
+
+    fingerprint = {
+        "kind": kind,
+        "network": net_cfg.to_dict(),
+        "training": asdict(train_cfg),
+        "schedule": asdict(sched_cfg),
+        "samples": _file_digest(samples_csv),
+        "init": _file_digest(init_model) if init_model is not None else None,
+    }
+    store = CheckpointStore(checkpoint_dir, keep=train_cfg.keep_checkpoints)
+    result = run_training(
+        model, optimizer, step, train_cfg.loop_settings(),
+        generator=torch.Generator().manual_seed(train_cfg.seed), store=store,
+        fingerprint=fingerprint, device=device,
+    )
+    save_diffusion_model(out_model, kind=kind, network=net_cfg, schedule=sched_cfg,
+                         model=result.model, ema=result.ema, training=train_cfg, patch_size=size)
+    if loss_csv is not None:
+        with atomic_path(loss_csv) as tmp:
+            result.history.to_csv(tmp, index=False)
+    if loss_png is not None:
+        plot_loss_curve(result.history, loss_png, title=f"{kind} model: L_simple")
+    store.clear()
+    return result.history
