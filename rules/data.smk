@@ -7,7 +7,7 @@ rule make_demo_dataset:
     log:
         "logs/{dataset}/make_demo_dataset.log",
     params:
-        demo=lambda wildcards: dataset_spec(wildcards)["demo"],
+        demo=lambda wildcards: dataset_spec(wildcards).get("demo", {}),
     conda:
         "../envs/nudiff.yaml"
     script:
