@@ -6,11 +6,18 @@ from snakemake.utils import min_version
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# The default configuration is the built-in demo. A preset given with
+# --configfile (config/monuseg.yaml, ...) replaces it rather than merging into
+# it, so a preset never also runs the demo; whatever a preset leaves out takes
+# the schema's defaults, which are the paper's settings.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/diffusion.smk"
 
 
 rule all:

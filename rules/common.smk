@@ -1,5 +1,5 @@
-# Helpers shared by every rule file: config validation, targets, wildcard
-# constraints, and the functions rules take their inputs and params from.
+# Shared helpers (config validation, targets, wildcard constraints) and the
+# functions that rules take their inputs and params from.
 
 import re
 
@@ -57,4 +57,86 @@ def subset_summaries(wildcards):
 
 
 def get_final_output():
-    return expand("results/{dataset}/subsets.csv", dataset=DATASETS)
+    out = expand("results/{dataset}/subsets.csv", dataset=DATASETS)
+    for dataset in DATASETS:
+        out += expand("results/{dataset}/{pct}pct/trainsets/augmented.csv", dataset=dataset, pct=SUBSETS)
+        out += diffusion_outputs(dataset)
+    return out
+
+
+# ---- resources ----------------------------------------------------------------
+
+_RESOURCE_DEFAULTS = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpu": 0}
+# Rules whose work is a network on a GPU; they ask Slurm for one unless config says otherwise.
+GPU_RULES = {
+    "train_structure_model",
+    "train_image_model_conditional",
+    "train_image_model_guided",
+    "sample_structures",
+    "sample_images",
+    "sample_sampler_comparison",
+    "train_segmenter",
+    "segment_test_images",
+}
+
+
+def rule_resources(rule_name):
+    """The rule's entry under config resources, over resources.default, over built-in defaults."""
+    merged = dict(_RESOURCE_DEFAULTS, gpu=1 if rule_name in GPU_RULES else 0)
+    merged.update(config["resources"].get("default", {}))
+    merged.update(config["resources"].get(rule_name, {}))
+    return merged
+
+
+def threads_for(rule_name):
+    return rule_resources(rule_name)["threads"]
+
+
+def resources_for(rule_name):
+    """mem_mb, runtime and, for GPU jobs, the Slurm executor's gpu (and gpu_model) resources."""
+    chosen = rule_resources(rule_name)
+    out = {"mem_mb": chosen["mem_mb"], "runtime": chosen["runtime"]}
+    if chosen["gpu"] > 0:
+        out["gpu"] = chosen["gpu"]
+        if "gpu_model" in chosen:
+            out["gpu_model"] = chosen["gpu_model"]
+    return out
+
+
+# ---- diffusion ------------------------------------------------------------------
+
+
+def synthetic_pairs(wildcards):
+    return config["datasets"][wildcards.dataset]["synthetic_pairs"][subset_key(int(wildcards.pct))]
+
+
+def n_shards(wildcards):
+    """Sampling jobs for a subset: the configured count, but never more than the samples."""
+    return min(config["diffusion"]["sampling"]["shards"], synthetic_pairs(wildcards))
+
+
+def pair_shards(wildcards):
+    return expand(
+        "results/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",
+        dataset=wildcards.dataset,
+        pct=wildcards.pct,
+        shard=range(n_shards(wildcards)),
+    )
+
+
+def sampler_comparison_shards(wildcards):
+    return expand(
+        "results/{dataset}/{pct}pct/sampler_comparison/{name}.npz",
+        dataset=wildcards.dataset,
+        pct=wildcards.pct,
+        name=list(config["diffusion"]["compare_samplers"]["samplers"]),
+    )
+
+
+def diffusion_outputs(dataset):
+    """Quality evidence of every subset's models, plus the sampler comparison if enabled."""
+    out = expand("results/{dataset}/{pct}pct/synthetic/quality/statistics.csv", dataset=dataset, pct=SUBSETS)
+    comparison = config["diffusion"]["compare_samplers"]
+    if comparison["enabled"]:
+        out.append(f"results/{dataset}/{comparison['subset']}pct/sampler_comparison/statistics.csv")
+    return out

@@ -228,7 +228,7 @@ def test_ddpm_sampler_recovers_gaussian_data():
     s, shape = 0.5, (16, 1, 16, 16)
     res = sample(
         gaussian_eps_fn(s), shape, SCHEDULE, sampler="ddpm", steps=1000,
-        generators=gens(*range(16)), device="cpu",
+        generators=gens(*range(16)), device="cpu", clip_denoised=False,
     )
     n = res.x0.numel()
     assert res.n_evals == 1000
@@ -248,7 +248,7 @@ def test_deterministic_samplers_follow_the_exact_ode(sampler, steps, rtol):
     exact = per_sample_noise(shape, gens(*range(4)), "cpu") * s / math.sqrt(a_T * s**2 + 1 - a_T)
     res = sample(
         gaussian_eps_fn(s), shape, SCHEDULE, sampler=sampler, steps=steps,
-        generators=gens(*range(4)), device="cpu",
+        generators=gens(*range(4)), device="cpu", clip_denoised=False,
     )
     assert res.n_evals == steps
     assert torch.allclose(res.x0, exact, rtol=rtol, atol=1e-6)
@@ -266,7 +266,7 @@ def test_sampler_reproducible_per_sample(sampler):
     def run(seeds, c):
         fn = lambda x, t: guided_eps(model, x, t, c, 2.0)  # noqa: E731
         shape = (len(seeds), 3, 16, 16)
-        kw = dict(sampler=sampler, steps=steps, generators=gens(*seeds), device="cpu")
+        kw = dict(sampler=sampler, steps=steps, generators=gens(*seeds), device="cpu", clip_denoised=False)
         return sample(fn, shape, schedule, **kw)
 
     batch = run([11, 12, 13], cond)
@@ -295,3 +295,21 @@ def test_sample_validates_arguments():
         sample(fn, (1, 1, 4, 4), SCHEDULE, sampler="euler", steps=5, **one)
     with pytest.raises(ValueError, match="steps"):
         sample(fn, (1, 1, 4, 4), SCHEDULE, sampler="ddim", steps=1001, **one)
+
+
+def test_clipping_keeps_samples_in_range_and_leaves_in_range_predictions_alone():
+    from nudiff.diffusion.samplers import clipped_eps_fn
+
+    # an eps predictor that is 20% too small: its implied x0 near t = T is huge
+    biased = lambda x, t: 0.8 * x  # noqa: E731
+    shape, kw = (2, 1, 8, 8), dict(generators=gens(0, 1), device="cpu")
+    unclipped = sample(biased, shape, SCHEDULE, sampler="ddim", steps=50, clip_denoised=False, **kw)
+    clipped = sample(biased, shape, SCHEDULE, sampler="ddim", steps=50, clip_denoised=True, **kw)
+    assert unclipped.x0.abs().max() > 5
+    assert clipped.x0.abs().max() <= 1 + 1e-5
+    # where the implied x0 already lies in [-1, 1], the prediction is unchanged
+    x0 = torch.full((1, 1, 4, 4), 0.3, dtype=torch.float64)
+    t = torch.tensor([500])
+    eps = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    xt = SCHEDULE.q_sample(x0, t, eps)
+    assert torch.allclose(clipped_eps_fn(lambda x, t: eps, SCHEDULE)(xt, t), eps, atol=1e-10)

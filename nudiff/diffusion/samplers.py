@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from nudiff.diffusion.schedule import NoiseSchedule, VarianceType
+from nudiff.diffusion.schedule import NoiseSchedule, VarianceType, extract
 
 SamplerName = Literal["ddpm", "ddim", "dpmsolver++"]
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -46,6 +46,27 @@ def per_sample_noise(
     return torch.stack(
         [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generators]
     ).to(device)
+
+
+def clipped_eps_fn(eps_fn: EpsFn, schedule: NoiseSchedule) -> EpsFn:
+    """``eps_fn`` whose implied clean sample x0 is clipped to [-1, 1].
+
+    The prediction x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) is clamped and
+    eps recomputed from it. For the DDPM step this is exactly the ``clip_denoised``
+    of Ho et al.'s and guided-diffusion's samplers (the posterior mean of a clipped
+    x0, written through eps); it applies unchanged to DDIM and DPM-Solver++. Near
+    t = T, sqrt(abar_t) is about 0.006, so an eps that is off by a few percent
+    would otherwise throw x0 far outside the data range.
+    """
+
+    def clipped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = eps_fn(x, t)
+        a = extract(schedule.sqrt_alphas_cumprod, t, x)
+        s = extract(schedule.sqrt_one_minus_alphas_cumprod, t, x)
+        x0 = ((x - s * eps) / a).clamp(-1.0, 1.0)
+        return (x - a * x0) / s
+
+    return clipped
 
 
 def _diffusers_scheduler(
@@ -77,6 +98,7 @@ def sample(
     generators: Sequence[torch.Generator],
     device: torch.device | str,
     variance: VarianceType = "posterior",
+    clip_denoised: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleResult:
     """Draw ``shape[0]`` samples by running the reverse process from pure noise.
@@ -94,6 +116,8 @@ def sample(
             ``generators[i]`` only.
         device: where ``eps_fn`` runs.
         variance: sigma_t^2 for DDPM: ``"posterior"`` (beta_tilde_t) or ``"beta"``.
+        clip_denoised: clip the implied x0 to [-1, 1] at every step (see
+            :func:`clipped_eps_fn`; on in the DDPM and authors' reference code).
         progress: called as ``progress(done, steps)`` after each step.
     Returns:
         ``SampleResult`` with the samples ``(B, C, H, W)`` and the number of evaluations.
@@ -110,6 +134,8 @@ def sample(
     if sampler == "ddpm" and steps != T:
         raise ValueError(f"the ddpm sampler runs all T={T} steps, got steps={steps}")
 
+    if clip_denoised:
+        eps_fn = clipped_eps_fn(eps_fn, schedule)
     batch = shape[0]
     x = per_sample_noise(shape, generators, device)
     n_evals = 0

@@ -48,8 +48,14 @@ class SamplingSettings:
     steps: int = 1000
     guidance_scale: float = 2.0
     variance: str = "posterior"
+    clip_denoised: bool = True
     batch_size: int = 16
     seed: int = 0
+
+
+def sampling_settings(values: dict[str, Any]) -> SamplingSettings:
+    """Settings from the config's ``diffusion.sampling`` (the shard count is the workflow's)."""
+    return SamplingSettings(**{k: v for k, v in values.items() if k != "shards"})
 
 
 def shard_indices(n_total: int, n_shards: int, shard: int) -> np.ndarray:
@@ -104,7 +110,8 @@ def sample_structures(
     for batch in _batches(indices, sampling.batch_size):
         result = sample(
             lambda x, t: model(x, t), (len(batch), 3, size, size), schedule,
-            sampler=sampling.sampler, steps=sampling.steps, variance=sampling.variance, device=device,
+            sampler=sampling.sampler, steps=sampling.steps, variance=sampling.variance,
+            clip_denoised=sampling.clip_denoised, device=device,
             generators=[sample_generator(sampling.seed, "structure", i) for i in batch],
             progress=_progress_logger(f"structures {batch[0]}..{batch[-1]}"),
         )
@@ -155,7 +162,8 @@ def sample_images(
         result = sample(
             lambda x, t: guided_eps(model, x, t, cond, sampling.guidance_scale),
             (len(batch), 3, size, size), schedule,
-            sampler=sampling.sampler, steps=sampling.steps, variance=sampling.variance, device=device,
+            sampler=sampling.sampler, steps=sampling.steps, variance=sampling.variance,
+            clip_denoised=sampling.clip_denoised, device=device,
             generators=[sample_generator(sampling.seed, "image", i) for i in batch],
             progress=_progress_logger(f"images {batch[0]}..{batch[-1]}"),
         )

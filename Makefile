@@ -1,0 +1,38 @@
+# One-line entry points that work on a fresh machine: each installs what it
+# needs into .venv first (Python >= 3.10 and make are the only prerequisites).
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+BIN := $(VENV)/bin
+
+.PHONY: install demo test report lint benchmarks clean-results
+
+# Reinstall only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## demo: the whole workflow on the built-in demo dataset, then its HTML report
+demo: install
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+## test: the test suite, including a real run of the workflow on a tiny config
+test: install
+	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup
+
+## report: the reproducibility report of what has been run
+report: install
+	$(BIN)/snakemake --cores $(CORES) --report results/report.html
+
+lint: install
+	$(BIN)/snakemake --lint
+
+## benchmarks: speed and memory of the hot paths (slow; run on demand)
+benchmarks: install
+	$(BIN)/python tests/benchmarks/run_all.py

@@ -1,0 +1,274 @@
+"""Training Hover-Net on a sample table (spec section 6: once per labelled and augmented subset).
+
+Runs through :func:`nudiff.training.loop.run_training` (checkpoints, exact resume after SIGTERM).
+A training example is a patch of the table, augmented with its instance map
+(:mod:`nudiff.segmentation.augment`); the targets come from the nuclei structure of the
+augmented map and are centre-cropped to the network output in valid-padding mode
+(:func:`nudiff.segmentation.losses.hovernet_loss`).
+
+HoVer-Net's schedule (vqdang/hover_net ``models/hovernet/opt.py``): Adam, lr 1e-4, two phases of
+50 epochs each, the first with the (ImageNet) encoder frozen, the second with all weights and a
+new optimiser; in each phase ``StepLR(25)`` divides the lr by 10 half-way. Here phase 1 is the
+first ``freeze_encoder_fraction`` of the iterations and the lr drops 10x at ``lr_decay_at`` of
+each phase. Validation on held-out source images (:mod:`nudiff.segmentation.validation`) keeps
+the weights of the best mean (Dice + AJI) / 2; those are the weights saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nudiff.diffusion.training import _file_digest, from_mapping
+from nudiff.errors import ConfigError, InputDataError
+from nudiff.io.atomic import atomic_path
+from nudiff.samples import SampleReader, read_sample_table
+from nudiff.segmentation.augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, augment_pair
+from nudiff.segmentation.encoder_weights import load_encoder_weights
+from nudiff.segmentation.hovernet import HoVerNet
+from nudiff.segmentation.hovernet_config import HoVerNetConfig
+from nudiff.segmentation.losses import hovernet_loss, structure_to_targets
+from nudiff.segmentation.validation import BestWeights, plot_training, score_patches, split_validation
+from nudiff.structure import nuclei_structure
+from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
+from nudiff.training.loop import LoopSettings, run_training
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "hovernet"
+LR_DECAY_FACTOR = 0.1  # HoVer-Net's StepLR gamma
+
+
+@dataclass(frozen=True)
+class SegmenterTraining:
+    """One Hover-Net training run; defaults follow HoVer-Net where it has a value.
+
+    Attributes:
+        iterations: optimiser steps in all.
+        batch_size: patches per step (HoVer-Net: 16 in phase 1, 4 in phase 2).
+        lr: Adam learning rate (HoVer-Net 1e-4, betas 0.9, 0.999).
+        weight_decay: Adam L2 penalty (HoVer-Net: 0).
+        lr_decay_at: fraction of each phase after which the lr is divided by 10 (HoVer-Net 0.5);
+            None keeps it constant.
+        grad_clip: gradient-norm clipping (HoVer-Net: none).
+        encoder_weights: ``"none"``, ``"imagenet"`` (HoVer-Net; torchvision cache, ResNet50 encoder
+            only) or a path to a saved ``model.encoder`` state dict.
+        freeze_encoder_fraction: share of the iterations trained with the encoder frozen (phase 1;
+            HoVer-Net 0.5 with ImageNet weights); 0 = never.
+        validate_every: steps between validations (the last step is always validated).
+        val_fraction: share of the real source images held out for validation; 0 = none.
+        augment: random flips/rotations and colour jitter of the training patches.
+        brightness, contrast, saturation, hue: colour jitter strengths (HoVer-Net's ranges, see
+            :func:`nudiff.segmentation.augment.colour_jitter`).
+        checkpoint_every, keep_checkpoints, log_every: the loop's settings.
+        seed: seeds the weights, the validation split and every batch draw.
+        watershed: keyword arguments of ``instances_from_structure`` used for validation (and
+            by default at test time).
+    """
+
+    iterations: int = 20_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_decay_at: float | None = 0.5
+    grad_clip: float | None = None
+    encoder_weights: str = "none"
+    freeze_encoder_fraction: float = 0.0
+    validate_every: int = 1000
+    val_fraction: float = 0.1
+    augment: bool = True
+    brightness: float = BRIGHTNESS
+    contrast: float = CONTRAST
+    saturation: float = SATURATION
+    hue: float = HUE
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 100
+    seed: int = 0
+    watershed: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "validate_every", "checkpoint_every", "keep_checkpoints", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"training.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ConfigError(f"training.lr must be > 0 and training.weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if self.lr_decay_at is not None and not 0 < self.lr_decay_at < 1:
+            raise ConfigError(f"training.lr_decay_at must be in (0, 1) or null, got {self.lr_decay_at!r}")
+        if not 0 <= self.freeze_encoder_fraction < 1:
+            raise ConfigError(f"training.freeze_encoder_fraction must be in [0, 1), got {self.freeze_encoder_fraction!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not isinstance(self.watershed, dict):
+            raise ConfigError(f"training.watershed must be a mapping, got {self.watershed!r}")
+        object.__setattr__(self, "watershed", dict(self.watershed))
+
+    @property
+    def frozen_steps(self) -> int:
+        return round(self.freeze_encoder_fraction * self.iterations)
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(iterations=self.iterations, checkpoint_every=self.checkpoint_every,
+                            keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
+                            grad_clip=self.grad_clip, ema_decay=None)
+
+
+class PhaseSchedule:
+    """HoVer-Net's two phases as a loop callback: :meth:`before_step` sets the encoder's
+    ``requires_grad`` and the lr of the coming step; at the end of phase 1 the Adam state is
+    dropped (HoVer-Net builds a new optimiser for phase 2)."""
+
+    def __init__(self, model: HoVerNet, optimizer: torch.optim.Optimizer, settings: SegmenterTraining) -> None:
+        self.model, self.optimizer, self.settings = model, optimizer, settings
+        self.step = 0
+
+    def lr_at(self, step: int) -> float:
+        s = self.settings
+        start, length = (1, s.frozen_steps) if step <= s.frozen_steps else (s.frozen_steps + 1, s.iterations - s.frozen_steps)
+        decayed = s.lr_decay_at is not None and step - start >= s.lr_decay_at * length
+        return s.lr * (LR_DECAY_FACTOR if decayed else 1.0)
+
+    def before_step(self) -> None:
+        step = self.step + 1
+        self.model.encoder.requires_grad_(step > self.settings.frozen_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+
+    def after_step(self, step: int, model: nn.Module, ema: nn.Module | None) -> None:
+        self.step = step
+        if step == self.settings.frozen_steps:
+            self.optimizer.state.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+def _to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
+    """``N x (S, S, C)`` -> ``(N, C, S, S)``."""
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def train_segmenter(
+    samples_csv: str | Path,
+    out_model: str | Path,
+    *,
+    network: dict[str, Any],
+    training: dict[str, Any],
+    checkpoint_dir: str | Path,
+    device: str = "cpu",
+    loss_csv: str | Path | None = None,
+    loss_png: str | Path | None = None,
+    validation_csv: str | Path | None = None,
+) -> BestWeights:
+    """Rule ``train_segmenter``: train Hover-Net on a sample table and save the best weights.
+
+    Args:
+        samples_csv: the training set (labelled or augmented subset; a sample table).
+        out_model: the model file (:func:`load_segmenter` reads it).
+        network: :class:`HoVerNetConfig` fields; training: :class:`SegmenterTraining` fields.
+        checkpoint_dir: periodic checkpoints (removed after success).
+        loss_csv, validation_csv, loss_png: the loss log, the validation log
+            (``step, dice, aji, score``) and a figure of both.
+
+    Returns:
+        The validation callback: ``best_step``, ``best_score``, ``table()``.
+    """
+    try:
+        net_cfg = HoVerNetConfig.from_dict(network)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"network: {err}") from err
+    cfg = from_mapping(SegmenterTraining, training, "training")
+    table = read_sample_table(samples_csv)
+    train_rows, val_rows = split_validation(table, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    if len(train_rows) == 0:
+        raise InputDataError(f"{samples_csv}: no training samples left after the validation split")
+    reader = SampleReader(table)
+    rgb, inst = reader.load_all(train_rows)
+    size = rgb.shape[1]
+    try:
+        net_cfg.output_size(size)
+    except ValueError as err:
+        raise ConfigError(f"network: patches of {samples_csv} are {size} px: {err}") from err
+    logger.info("training Hover-Net on %d patches of %d px from %s (%d validation patches)",
+                len(rgb), size, samples_csv, len(val_rows))
+
+    model = HoVerNet(net_cfg, generator=torch.Generator().manual_seed(cfg.seed))
+    load_encoder_weights(model, cfg.encoder_weights)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    schedule = PhaseSchedule(model, optimizer, cfg)
+    jitter = {k: getattr(cfg, k) for k in ("brightness", "contrast", "saturation", "hue")}
+
+    def step(model: HoVerNet, generator: torch.Generator) -> torch.Tensor:
+        schedule.before_step()
+        idx = torch.randint(0, len(rgb), (cfg.batch_size,), generator=generator).tolist()
+        images, structures = [], []
+        for i in idx:
+            image, labels = augment_pair(rgb[i], inst[i], generator, **jitter) if cfg.augment else (rgb[i], inst[i])
+            images.append(image)
+            structures.append(nuclei_structure(labels))
+        x = _to_batch(images).to(device).float().div_(255.0)
+        targets = structure_to_targets(_to_batch(structures).to(device))
+        return hovernet_loss(model(x), targets)[0]
+
+    validation = None
+    if len(val_rows):
+        val_rgb, val_inst = reader.load_all(val_rows)
+        validation = BestWeights(lambda m: score_patches(m, val_rgb, val_inst, watershed=cfg.watershed, device=device),
+                                 every=cfg.validate_every, iterations=cfg.iterations)
+    encoder = cfg.encoder_weights
+    fingerprint = {
+        "model": MODEL_NAME, "network": net_cfg.to_dict(), "training": asdict(cfg),
+        "samples": _file_digest(samples_csv),
+        "encoder": _file_digest(encoder) if encoder not in ("none", "imagenet") else encoder,
+    }
+    store = CheckpointStore(checkpoint_dir, keep=cfg.keep_checkpoints)
+    result = run_training(model, optimizer, step, cfg.loop_settings(), generator=torch.Generator().manual_seed(cfg.seed),
+                          store=store, fingerprint=fingerprint, callbacks=[schedule, *([validation] if validation else [])],
+                          device=device)
+    if validation is None:  # nothing to choose from: keep the last weights
+        validation = BestWeights.final(result.model, cfg.iterations)
+    save_state(out_model, {
+        "model": MODEL_NAME, "network": net_cfg.to_dict(), "state": validation.best_state,
+        "best_step": validation.best_step, "best_score": validation.best_score,
+        "training": asdict(cfg), "input_size": size, "output_size": net_cfg.output_size(size),
+        "validation": validation.log,
+    })
+    logger.info("saved %s: weights of step %s (validation score %s)", out_model, validation.best_step,
+                validation.best_score)
+    if loss_csv is not None:
+        with atomic_path(loss_csv) as tmp:
+            result.history.to_csv(tmp, index=False)
+    if validation_csv is not None:
+        with atomic_path(validation_csv) as tmp:
+            validation.table().to_csv(tmp, index=False)
+    if loss_png is not None:
+        plot_training(result.history, validation.table(), loss_png, best_step=validation.best_step)
+    store.clear()
+    return validation
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[HoVerNet, dict[str, Any]]:
+    """Rebuild a model saved by :func:`train_segmenter`, in eval mode on ``device``.
+
+    Returns:
+        ``(model, meta)``: meta holds every saved entry but the weights (``network``,
+        ``training``, ``input_size``, ``output_size``, ``best_step``, ``best_score``, ``validation``).
+    """
+    state = load_state(path)
+    if state.get("model") != MODEL_NAME:
+        raise InputDataError(f"{path} holds a {state.get('model')!r} model, expected {MODEL_NAME!r}")
+    model = HoVerNet(HoVerNetConfig.from_dict(state["network"]))
+    model.load_state_dict(state["state"])
+    meta = {k: v for k, v in state.items() if k != "state"}
+    return model.to(device).eval(), meta

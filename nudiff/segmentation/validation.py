@@ -1,0 +1,196 @@
+"""Validation during segmenter training: the held-out split and the keep-the-best callback.
+
+The validation set comes from the training table only (the test images are never seen before
+the final evaluation). Real patches are cut with overlap (paper: 256 px, stride 128), so a
+random patch split would score the network on pixels it was trained on; the split therefore
+holds out whole source images. Synthetic samples have no source image and always train.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from nudiff.figures import plot_loss_curve, save_figure
+from nudiff.metrics import aji, dice
+from nudiff.segmentation.hovernet import HoVerNet
+from nudiff.segmentation.inference import predict_instances
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_COLUMNS = ["step", "dice", "aji", "score"]
+
+
+def _overlaps(a: pd.Series, b: pd.DataFrame) -> np.ndarray:
+    """Which crops of ``b`` (columns y, x, size) share a pixel with crop ``a``."""
+    return ((b["y"] < a["y"] + a["size"]) & (a["y"] < b["y"] + b["size"])
+            & (b["x"] < a["x"] + a["size"]) & (a["x"] < b["x"] + b["size"])).to_numpy()
+
+
+def split_validation(table: pd.DataFrame, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a sample table into training and validation rows.
+
+    * two or more real source images (``image_file`` of the ``origin == "real"`` rows): hold out
+      ``round(val_fraction * n_sources)`` whole source images, at least 1 and at most
+      ``n_sources - 1``, drawn with ``seed``; all their patches validate, the rest train;
+    * one source image: hold out ``max(1, round(val_fraction * n_patches))`` of its patches, the
+      ones nearest (by top-left corner) to a patch drawn with ``seed``, so they form one compact
+      block; training patches that overlap any held-out patch are dropped (unused), so no pixel
+      is on both sides;
+    * ``val_fraction == 0`` or no real sample: no validation rows.
+
+    Synthetic rows always train.
+
+    Args:
+        table: a sample table (:mod:`nudiff.samples`: ``origin``, ``image_file``, ``y``, ``x``, ``size``).
+        val_fraction: share of source images (or of the single image's patches) held out, in [0, 1).
+        seed: seeds the draw.
+
+    Returns:
+        ``(train_rows, val_rows)``: sorted integer positions into ``table``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    table = table.reset_index(drop=True)
+    real = table["origin"] == "real"
+    everything = np.arange(len(table))
+    if val_fraction == 0 or not real.any():
+        return everything, everything[:0]
+    rng = np.random.default_rng(seed)
+    sources = sorted(table.loc[real, "image_file"].unique())
+    if len(sources) >= 2:
+        n_val = min(max(1, round(val_fraction * len(sources))), len(sources) - 1)
+        held = set(rng.choice(sources, size=n_val, replace=False).tolist())
+        val = real & table["image_file"].isin(held)
+        logger.info("validation: %d of %d source images (%d patches): %s", n_val, len(sources),
+                    int(val.sum()), ", ".join(sorted(held)))
+        return everything[~val.to_numpy()], everything[val.to_numpy()]
+    patches = table[real]
+    n_val = max(1, round(val_fraction * len(patches)))
+    anchor = patches.iloc[int(rng.integers(len(patches)))]
+    distance = np.hypot(patches["y"] - anchor["y"], patches["x"] - anchor["x"]).to_numpy()
+    val_rows = patches.index.to_numpy()[np.argsort(distance, kind="stable")[:n_val]]
+    val_set = set(val_rows.tolist())
+    blocked = np.zeros(len(table), dtype=bool)
+    for row in val_rows:
+        blocked |= real.to_numpy() & _overlaps(table.loc[row], table)
+    train_rows = np.array([i for i in everything if i not in val_set and not blocked[i]], dtype=np.int64)
+    logger.info("validation: one source image; %d of its %d patches held out, %d overlapping ones dropped",
+                n_val, len(patches), int(blocked.sum()) - n_val)
+    return train_rows, np.sort(val_rows)
+
+
+def score_patches(
+    model: HoVerNet,
+    rgb: np.ndarray,
+    inst: np.ndarray,
+    *,
+    watershed: Mapping[str, Any],
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Mean Dice, mean AJI and their mean ``score`` of the model's instances on labelled patches.
+
+    Each ``(S, S)`` patch is predicted as one input (same padding: no margin; valid padding:
+    HoVer-Net's mirror-padded tiles) and post-processed by ``instances_from_structure(**watershed)``.
+
+    Args:
+        rgb: ``(N, S, S, 3)`` uint8 patches; inst: ``(N, S, S)`` true instance maps.
+    """
+    size = rgb.shape[1]
+    margin = 0 if model.config.same_padding else None
+    dices, ajis = [], []
+    for image, truth in zip(rgb, inst):
+        pred = predict_instances(model, image, tile=size, margin=margin, watershed=watershed, device=device)
+        dices.append(dice(truth, pred))
+        ajis.append(aji(truth, pred))
+    d, a = float(np.mean(dices)), float(np.mean(ajis))
+    return {"dice": d, "aji": a, "score": (d + a) / 2.0}
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+class BestWeights:
+    """Loop callback: score the model every ``every`` steps (and at the last step) and keep the
+    weights of the best score (the first of equal scores): HoVer-Net's "epoch kept by validation".
+
+    Its state (best weights, best step and score, the log) is checkpointed with the loop, so a
+    resumed run keeps the same best weights as an uninterrupted one.
+
+    Args:
+        score_fn: ``model -> {"dice", "aji", "score", ...}``; called with the training model.
+        every: validation period in steps.
+        iterations: the run's last step (always validated).
+    """
+
+    def __init__(self, score_fn: Callable[[nn.Module], Mapping[str, float]], *, every: int, iterations: int) -> None:
+        if every < 1:
+            raise ValueError(f"validate_every must be at least 1, got {every}")
+        self.score_fn, self.every, self.iterations = score_fn, every, iterations
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_step: int | None = None
+        self.best_score: float | None = None
+        self.log: list[dict[str, float]] = []
+
+    def after_step(self, step: int, model: nn.Module, ema: nn.Module | None) -> None:
+        if step % self.every and step != self.iterations:
+            return
+        scores = dict(self.score_fn(model))
+        row = {"step": step, **{k: float(scores[k]) for k in VALIDATION_COLUMNS[1:]}}
+        self.log.append(row)
+        improved = self.best_score is None or row["score"] > self.best_score
+        if improved:
+            self.best_state = _cpu_copy(model)
+            self.best_step, self.best_score = step, row["score"]
+        logger.info("validation at step %d: dice %.4f aji %.4f score %.4f%s", step, row["dice"],
+                    row["aji"], row["score"], " (best so far)" if improved else f" (best {self.best_score:.4f} "
+                    f"at step {self.best_step})")
+
+    @classmethod
+    def final(cls, model: nn.Module, step: int) -> BestWeights:
+        """Without a validation set: keep the weights of ``step`` (``best_score`` stays None)."""
+        keeper = cls(lambda m: {}, every=step, iterations=step)
+        keeper.best_state, keeper.best_step = _cpu_copy(model), step
+        return keeper
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_state": self.best_state, "best_step": self.best_step, "best_score": self.best_score,
+                "log": [dict(row) for row in self.log]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_state, self.best_step = state["best_state"], state["best_step"]
+        self.best_score, self.log = state["best_score"], [dict(row) for row in state["log"]]
+
+    def table(self) -> pd.DataFrame:
+        """The validation log, one row per validation: ``step, dice, aji, score``."""
+        return pd.DataFrame(self.log, columns=VALIDATION_COLUMNS)
+
+
+def plot_training(history: pd.DataFrame, validation: pd.DataFrame, path: str | Path, *, best_step: int | None) -> None:
+    """Loss per step (left) and validation Dice / AJI / score (right), the kept step marked."""
+    if validation.empty:
+        plot_loss_curve(history, path, title="Hover-Net: loss")
+        return
+    import matplotlib.pyplot as plt  # nudiff.figures has set the Agg backend
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    window = max(1, len(history) // 100)
+    left.plot(history["step"], history["loss"], lw=0.5, alpha=0.35, color="tab:blue")
+    left.plot(history["step"], history["loss"].rolling(window, min_periods=1).mean(), color="tab:blue")
+    left.set(yscale="log", xlabel="step", ylabel="loss", title="Hover-Net: loss")
+    for column in ("dice", "aji", "score"):
+        right.plot(validation["step"], validation[column], marker=".", label=column)
+    if best_step is not None:
+        right.axvline(best_step, color="grey", ls="--", lw=0.8, label=f"kept (step {best_step})")
+    right.set(xlabel="step", ylabel="validation", title="validation (held-out source images)")
+    right.legend(frameon=False)
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,253 @@
+# Diffusion stage: the structure model, the structure-conditioned image model,
+# sampling synthetic pairs in shards, and evidence of their quality (spec sections 4-5).
+
+
+rule train_structure_model:
+    input:
+        "results/{dataset}/{pct}pct/trainsets/labelled.csv",
+    output:
+        model="results/{dataset}/{pct}pct/diffusion/structure_model.pt",
+        losses="results/{dataset}/{pct}pct/diffusion/structure_model_loss.csv",
+        curve=report(
+            "results/{dataset}/{pct}pct/diffusion/structure_model_loss.png",
+            caption="../config/report/loss_curve.rst",
+            category="Diffusion models",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/train_structure_model.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/train_structure_model.tsv"
+    params:
+        kind="structure",
+        network=config["diffusion"]["structure_model"]["network"],
+        training=config["diffusion"]["structure_model"]["training"],
+        schedule=config["diffusion"]["schedule"],
+        device=config["diffusion"]["device"],
+        checkpoint_dir="checkpoints/{dataset}/{pct}pct/structure_model",
+        init_model=None,
+    threads: threads_for("train_structure_model")
+    resources:
+        **resources_for("train_structure_model"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/train_diffusion_model.py"
+
+
+rule train_image_model_conditional:
+    input:
+        "results/{dataset}/{pct}pct/trainsets/labelled.csv",
+    output:
+        model="results/{dataset}/{pct}pct/diffusion/image_model_conditional.pt",
+        losses="results/{dataset}/{pct}pct/diffusion/image_model_conditional_loss.csv",
+        curve=report(
+            "results/{dataset}/{pct}pct/diffusion/image_model_conditional_loss.png",
+            caption="../config/report/loss_curve.rst",
+            category="Diffusion models",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/train_image_model_conditional.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/train_image_model_conditional.tsv"
+    params:
+        kind="image",
+        network=config["diffusion"]["image_model"]["network"],
+        training=config["diffusion"]["image_model"]["conditional"],
+        schedule=config["diffusion"]["schedule"],
+        device=config["diffusion"]["device"],
+        checkpoint_dir="checkpoints/{dataset}/{pct}pct/image_model_conditional",
+        init_model=None,
+    threads: threads_for("train_image_model_conditional")
+    resources:
+        **resources_for("train_image_model_conditional"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/train_diffusion_model.py"
+
+
+rule train_image_model_guided:
+    input:
+        samples="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        init_model="results/{dataset}/{pct}pct/diffusion/image_model_conditional.pt",
+    output:
+        model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
+        losses="results/{dataset}/{pct}pct/diffusion/image_model_guided_loss.csv",
+        curve=report(
+            "results/{dataset}/{pct}pct/diffusion/image_model_guided_loss.png",
+            caption="../config/report/loss_curve.rst",
+            category="Diffusion models",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/train_image_model_guided.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/train_image_model_guided.tsv"
+    params:
+        kind="image",
+        network=config["diffusion"]["image_model"]["network"],
+        training=config["diffusion"]["image_model"]["guided"],
+        schedule=config["diffusion"]["schedule"],
+        device=config["diffusion"]["device"],
+        checkpoint_dir="checkpoints/{dataset}/{pct}pct/image_model_guided",
+    threads: threads_for("train_image_model_guided")
+    resources:
+        **resources_for("train_image_model_guided"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/train_diffusion_model.py"
+
+
+rule sample_structures:
+    input:
+        "results/{dataset}/{pct}pct/diffusion/structure_model.pt",
+    output:
+        "results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
+    log:
+        "logs/{dataset}/{pct}pct/sample_structures_{shard}.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/sample_structures_{shard}.tsv"
+    params:
+        n_total=synthetic_pairs,
+        n_shards=n_shards,
+        sampling=config["diffusion"]["sampling"],
+        watershed=config["watershed"],
+        device=config["diffusion"]["device"],
+    threads: threads_for("sample_structures")
+    resources:
+        **resources_for("sample_structures"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/sample_structures.py"
+
+
+rule sample_images:
+    input:
+        model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
+        structures="results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
+    output:
+        "results/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",
+    log:
+        "logs/{dataset}/{pct}pct/sample_images_{shard}.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/sample_images_{shard}.tsv"
+    params:
+        sampling=config["diffusion"]["sampling"],
+        device=config["diffusion"]["device"],
+    threads: threads_for("sample_images")
+    resources:
+        **resources_for("sample_images"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/sample_images.py"
+
+
+rule build_augmented_set:
+    input:
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        pairs=pair_shards,
+    output:
+        "results/{dataset}/{pct}pct/trainsets/augmented.csv",
+    log:
+        "logs/{dataset}/{pct}pct/build_augmented_set.log",
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/build_augmented_set.py"
+
+
+rule assess_synthetic_pairs:
+    input:
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        pairs=pair_shards,
+    output:
+        statistics=report(
+            "results/{dataset}/{pct}pct/synthetic/quality/statistics.csv",
+            caption="../config/report/synthetic_statistics.rst",
+            category="Synthetic pairs",
+            subcategory="{dataset} {pct}%",
+        ),
+        agreement=report(
+            "results/{dataset}/{pct}pct/synthetic/quality/agreement.csv",
+            caption="../config/report/synthetic_agreement.rst",
+            category="Synthetic pairs",
+            subcategory="{dataset} {pct}%",
+        ),
+        statistics_plot=report(
+            "results/{dataset}/{pct}pct/synthetic/quality/statistics.png",
+            caption="../config/report/synthetic_statistics.rst",
+            category="Synthetic pairs",
+            subcategory="{dataset} {pct}%",
+        ),
+        samples_plot=report(
+            "results/{dataset}/{pct}pct/synthetic/quality/samples.png",
+            caption="../config/report/synthetic_samples.rst",
+            category="Synthetic pairs",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/assess_synthetic_pairs.log",
+    params:
+        seed=config["diffusion"]["sampling"]["seed"],
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/assess_synthetic_pairs.py"
+
+
+rule sample_sampler_comparison:
+    input:
+        "results/{dataset}/{pct}pct/diffusion/structure_model.pt",
+    output:
+        "results/{dataset}/{pct}pct/sampler_comparison/{name}.npz",
+    log:
+        "logs/{dataset}/{pct}pct/sample_sampler_comparison_{name}.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/sample_sampler_comparison_{name}.tsv"
+    params:
+        n_total=config["diffusion"]["compare_samplers"]["n"],
+        sampling=lambda wildcards: {
+            **config["diffusion"]["sampling"],
+            **config["diffusion"]["compare_samplers"]["samplers"][wildcards.name],
+        },
+        watershed=config["watershed"],
+        device=config["diffusion"]["device"],
+    threads: threads_for("sample_sampler_comparison")
+    resources:
+        **resources_for("sample_sampler_comparison"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/sample_sampler_comparison.py"
+
+
+rule compare_samplers:
+    input:
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        samples=sampler_comparison_shards,
+    output:
+        table=report(
+            "results/{dataset}/{pct}pct/sampler_comparison/statistics.csv",
+            caption="../config/report/sampler_comparison.rst",
+            category="Synthetic pairs",
+            subcategory="Samplers",
+        ),
+        plot=report(
+            "results/{dataset}/{pct}pct/sampler_comparison/statistics.png",
+            caption="../config/report/sampler_comparison.rst",
+            category="Synthetic pairs",
+            subcategory="Samplers",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/compare_samplers.log",
+    params:
+        names=list(config["diffusion"]["compare_samplers"]["samplers"]),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/compare_samplers.py"

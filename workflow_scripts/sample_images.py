@@ -1,0 +1,14 @@
+from nudiff.runtime import start_job
+
+start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
+
+from nudiff.config import resolve_device
+from nudiff.diffusion.synthesis import sample_images, sampling_settings
+
+sample_images(
+    snakemake.input.model,
+    snakemake.input.structures,
+    snakemake.output[0],
+    sampling=sampling_settings(snakemake.params.sampling),
+    device=resolve_device(snakemake.params.device),
+)

@@ -1,0 +1,17 @@
+from nudiff.runtime import start_job
+
+start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
+
+from nudiff.config import resolve_device
+from nudiff.diffusion.synthesis import sample_structures, sampling_settings
+
+sample_structures(
+    snakemake.input[0],
+    snakemake.output[0],
+    n_total=snakemake.params.n_total,
+    n_shards=snakemake.params.n_shards,
+    shard=int(snakemake.wildcards.shard),
+    sampling=sampling_settings(snakemake.params.sampling),
+    watershed=snakemake.params.watershed,
+    device=resolve_device(snakemake.params.device),
+)
