@@ -15,9 +15,14 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+report: "config/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/diffusion.smk"
+include: "rules/segmentation.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -7,6 +7,7 @@ Each error names the key to fix.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -50,3 +51,11 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda was asked for, but no CUDA device is visible")
     return device
+
+
+def from_mapping(cls, values: dict[str, Any], key: str):
+    """Build a settings dataclass from a config mapping, naming ``key`` on unknown fields."""
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{key}: unknown setting(s) {unknown}")
+    return cls(**values)

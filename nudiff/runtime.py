@@ -21,8 +21,11 @@ def start_job(log_file: str | Path, *, threads: int = 1, uses_torch: bool = Fals
     """
     configure_logging(log_file)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    device = ""
     if uses_torch:
         import torch
 
         torch.set_num_threads(threads)
-    logger.info("job on %s with %d thread(s)", platform.node(), threads)
+        device = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    # The host and device of every job, so the logs record what ran where.
+    logger.info("job on %s with %d thread(s)%s", platform.node(), threads, device)

@@ -57,10 +57,13 @@ def subset_summaries(wildcards):
 
 
 def get_final_output():
-    out = expand("results/{dataset}/subsets.csv", dataset=DATASETS)
+    """The table (which needs every subset's metrics), and the figures beside it."""
+    out = ["results/table.csv", "results/provenance.json"]
+    out += expand("results/{dataset}/subsets.csv", dataset=DATASETS)
     for dataset in DATASETS:
-        out += expand("results/{dataset}/{pct}pct/trainsets/augmented.csv", dataset=dataset, pct=SUBSETS)
         out += diffusion_outputs(dataset)
+        out += expand("results/{dataset}/{pct}pct/per_image_metrics.png", dataset=dataset, pct=SUBSETS)
+        out += expand("results/{dataset}/{pct}pct/prediction_overlays.png", dataset=dataset, pct=SUBSETS)
     return out
 
 
@@ -140,3 +143,50 @@ def diffusion_outputs(dataset):
     if comparison["enabled"]:
         out.append(f"results/{dataset}/{comparison['subset']}pct/sampler_comparison/statistics.csv")
     return out
+
+
+# ---- segmentation and evaluation ----------------------------------------------
+
+MODELS = config["segmentation"]["models"]
+SEEDS = config["segmentation"]["seeds"]
+TRAINSETS = ["labelled", "augmented"]
+_PAPER_TABLES = {"monuseg": "monuseg", "kumar": "kumar"}
+
+
+def segmenter_training(wildcards):
+    """The model's training settings, with this run's seed and the shared watershed."""
+    training = config["segmentation"][wildcards.model]["training"]
+    return {**training, "seed": int(wildcards.seed), "watershed": config["watershed"]}
+
+
+def subset_scores(wildcards):
+    return expand(
+        "results/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}/scores.csv",
+        dataset=wildcards.dataset,
+        pct=wildcards.pct,
+        model=MODELS,
+        trainset=TRAINSETS,
+        seed=SEEDS,
+    )
+
+
+def overlay_predictions(wildcards):
+    """Predictions of the first seed of every model and training set, by label."""
+    return {
+        f"{model}_{trainset}": f"results/{wildcards.dataset}/{wildcards.pct}pct/segmentation/{model}/{trainset}/seed{SEEDS[0]}/predictions"
+        for model in MODELS
+        for trainset in TRAINSETS
+    }
+
+
+def paper_tables():
+    """Dataset -> the paper's dataset its numbers are compared with (None: no comparison)."""
+    out = {}
+    for name, spec in config["datasets"].items():
+        chosen = spec.get("paper_table", _PAPER_TABLES.get(spec["format"], "none"))
+        out[name] = None if chosen == "none" else chosen
+    return out
+
+
+def all_metrics():
+    return expand("results/{dataset}/{pct}pct/metrics.csv", dataset=DATASETS, pct=SUBSETS)

@@ -116,6 +116,7 @@ rule sample_structures:
         sampling=config["diffusion"]["sampling"],
         watershed=config["watershed"],
         device=config["diffusion"]["device"],
+        resume_file="checkpoints/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
     threads: threads_for("sample_structures")
     resources:
         **resources_for("sample_structures"),
@@ -138,6 +139,7 @@ rule sample_images:
     params:
         sampling=config["diffusion"]["sampling"],
         device=config["diffusion"]["device"],
+        resume_file="checkpoints/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",
     threads: threads_for("sample_images")
     resources:
         **resources_for("sample_images"),
@@ -217,6 +219,7 @@ rule sample_sampler_comparison:
         },
         watershed=config["watershed"],
         device=config["diffusion"]["device"],
+        resume_file="checkpoints/{dataset}/{pct}pct/sampler_comparison/{name}.npz",
     threads: threads_for("sample_sampler_comparison")
     resources:
         **resources_for("sample_sampler_comparison"),

@@ -87,3 +87,35 @@ def test_images_need_the_image_model(models, tmp_path):
     with pytest.raises(ValueError, match="expected 'image'"):
         sample_images(models / "structure.pt", structures, tmp_path / "pairs.npz", sampling=SAMPLING)
     assert not (tmp_path / "pairs.npz").exists()
+
+
+def test_a_killed_sampling_job_resumes_from_its_finished_batches(models, tmp_path, monkeypatch):
+    import nudiff.diffusion.synthesis as synthesis
+
+    kwargs = dict(n_total=5, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED)
+    sample_structures(models / "structure.pt", tmp_path / "reference.npz", **kwargs)
+
+    original, calls = synthesis.sample, {"n": 0}
+
+    def dies_on_second_batch(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")  # what a kill mid-batch looks like to the job
+        return original(*args, **kw)
+
+    monkeypatch.setattr(synthesis, "sample", dies_on_second_batch)
+    resume = tmp_path / "ckpt" / "resume.npz"
+    with pytest.raises(KeyboardInterrupt):
+        sample_structures(models / "structure.pt", tmp_path / "out.npz", resume_file=resume, **kwargs)
+    assert resume.is_file() and not (tmp_path / "out.npz").exists()
+
+    monkeypatch.setattr(synthesis, "sample", original)
+    calls["n"] = 0
+    counting = lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), original(*a, **k))[1]  # noqa: E731
+    monkeypatch.setattr(synthesis, "sample", counting)
+    sample_structures(models / "structure.pt", tmp_path / "out.npz", resume_file=resume, **kwargs)
+    assert calls["n"] == 2  # batches 2 and 3 of 3 (batch size 2); the first was kept
+    assert not resume.exists()
+    with np.load(tmp_path / "reference.npz") as a, np.load(tmp_path / "out.npz") as b:
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key

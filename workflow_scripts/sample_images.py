@@ -11,4 +11,5 @@ sample_images(
     snakemake.output[0],
     sampling=sampling_settings(snakemake.params.sampling),
     device=resolve_device(snakemake.params.device),
+    resume_file=snakemake.params.resume_file,
 )

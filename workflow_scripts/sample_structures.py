@@ -14,4 +14,5 @@ sample_structures(
     sampling=sampling_settings(snakemake.params.sampling),
     watershed=snakemake.params.watershed,
     device=resolve_device(snakemake.params.device),
+    resume_file=snakemake.params.resume_file,
 )

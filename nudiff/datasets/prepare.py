@@ -14,7 +14,6 @@ and a checksum of its source bytes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter
@@ -28,6 +27,7 @@ from skimage.segmentation import relabel_sequential
 from nudiff.datasets.sources import SPLITS, SourceItem
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
+from nudiff.io.digest import sha256_of_files
 from nudiff.io.images import read_image, read_instance_map, write_image, write_instance_map
 from nudiff.io.kumar import read_kumar_mat
 from nudiff.io.monuseg import read_monuseg_xml
@@ -40,7 +40,6 @@ MANIFEST_COLUMNS = (
     "image", "label", "source_image", "source_label", "source_sha256",
 )
 _INT_COLUMNS = ("height", "width", "n_nuclei")
-_HASH_CHUNK = 1 << 20
 
 
 def read_source_label(item: SourceItem, image_shape: tuple[int, int]) -> np.ndarray:
@@ -70,12 +69,7 @@ def read_source_label(item: SourceItem, image_shape: tuple[int, int]) -> np.ndar
 
 def _source_sha256(item: SourceItem) -> str:
     """sha256 of the source image bytes followed by the source label bytes."""
-    digest = hashlib.sha256()
-    for path in (item.image_path, item.label_path):
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of_files((item.image_path, item.label_path))
 
 
 def _check_unique_names(items: Sequence[SourceItem]) -> None:

@@ -1,6 +1,7 @@
 """Reverse-process samplers: the paper's DDPM ancestral sampler, and DDIM / DPM-Solver++.
 
-DDPM runs ``NoiseSchedule.ddpm_step`` (paper eq. 5) over all T steps. DDIM (eta = 0;
+DDPM runs ``NoiseSchedule.ddpm_step`` (paper eq. 5) over all T steps, or over fewer
+evenly respaced steps (guided-diffusion's timestep respacing). DDIM (eta = 0;
 Song et al. 2021) and DPM-Solver++ (2nd-order multistep; Lu et al. 2022) are diffusers'
 schedulers configured from the same betas; both are deterministic given the initial noise.
 
@@ -69,6 +70,26 @@ def clipped_eps_fn(eps_fn: EpsFn, schedule: NoiseSchedule) -> EpsFn:
     return clipped
 
 
+def respaced_schedule(schedule: NoiseSchedule, steps: int) -> tuple[NoiseSchedule, torch.Tensor]:
+    """The schedule of ``steps`` evenly spaced timesteps of ``schedule``, and those timesteps.
+
+    Ancestral (DDPM) sampling with fewer steps, as guided-diffusion's timestep
+    respacing (Nichol & Dhariwal 2021): keep abar at the chosen timesteps
+    t_1 < ... < t_S (always 0 and T-1) and set beta'_i = 1 - abar_{t_i} / abar_{t_{i-1}}.
+    With ``steps == T`` it is the original schedule, so the paper's 1000-step sampler
+    is unchanged. The network is still fed the original timestep ``t_i``.
+    """
+    T = schedule.num_timesteps
+    if steps == T:
+        return schedule, torch.arange(T)
+    kept = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().unique()
+    if len(kept) != steps:
+        raise ValueError(f"cannot space {steps} distinct steps over T={T}")
+    abar = schedule.alphas_cumprod[kept]
+    abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+    return NoiseSchedule.from_betas(1 - abar / abar_prev), kept
+
+
 def _diffusers_scheduler(
     sampler: SamplerName, schedule: NoiseSchedule
 ) -> DDIMScheduler | DPMSolverMultistepScheduler:
@@ -107,7 +128,8 @@ def sample(
         eps_fn: the noise predictor (see ``EpsFn``); called without gradients.
         shape: ``(B, C, H, W)`` of the samples.
         schedule: the schedule the network was trained with.
-        sampler: ``"ddpm"`` (paper eq. 5, needs ``steps == T``), ``"ddim"`` (eta = 0) or
+        sampler: ``"ddpm"`` (paper eq. 5; with ``steps < T`` on a respaced schedule, see
+            :func:`respaced_schedule`), ``"ddim"`` (eta = 0) or
             ``"dpmsolver++"`` (2nd-order multistep).
         steps: number of reverse steps, i.e. of ``eps_fn`` calls. For DDIM pick a divisor
             of T: diffusers steps back by T // steps, so otherwise the last step stops at
@@ -131,8 +153,6 @@ def sample(
     T = schedule.num_timesteps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an integer in 1..{T}, got {steps!r}")
-    if sampler == "ddpm" and steps != T:
-        raise ValueError(f"the ddpm sampler runs all T={T} steps, got steps={steps}")
 
     if clip_denoised:
         eps_fn = clipped_eps_fn(eps_fn, schedule)
@@ -141,13 +161,14 @@ def sample(
     n_evals = 0
     with torch.no_grad():
         if sampler == "ddpm":
-            for done, i in enumerate(range(T - 1, -1, -1), start=1):
-                t = torch.full((batch,), i, dtype=torch.long, device=device)
-                eps = eps_fn(x, t)
+            steps_schedule, model_t = respaced_schedule(schedule, steps)
+            for done, i in enumerate(range(steps - 1, -1, -1), start=1):
+                index = torch.full((batch,), i, dtype=torch.long, device=device)
+                eps = eps_fn(x, torch.full((batch,), int(model_t[i]), dtype=torch.long, device=device))
                 n_evals += 1
                 # index 0 adds no noise, so nothing is drawn for it
                 noise = per_sample_noise(shape, generators, device) if i > 0 else None
-                x = schedule.ddpm_step(x, t, eps, noise, variance=variance)
+                x = steps_schedule.ddpm_step(x, index, eps, noise, variance=variance)
                 if progress is not None:
                     progress(done, steps)
         else:

@@ -18,9 +18,11 @@ Shard files (``.npz``):
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from nudiff.diffusion.guidance import guided_eps
 from nudiff.diffusion.samplers import SamplerName, sample
 from nudiff.diffusion.training import image_from_model_range, load_diffusion_model
 from nudiff.io.atomic import atomic_path
+from nudiff.io.digest import file_sha256
 from nudiff.samples import SAMPLE_COLUMNS, read_sample_table, synthetic_samples, write_sample_table
 from nudiff.structure import instances_from_structure, structure_from_model_range, structure_to_model_range
 
@@ -71,9 +74,43 @@ def sample_generator(seed: int, stream: str, index: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _batches(indices: np.ndarray, batch_size: int):
+def _run_batches(
+    indices: np.ndarray,
+    batch_size: int,
+    run_batch: Callable[[np.ndarray, int], dict[str, np.ndarray]],
+    *,
+    resume_file: str | Path | None,
+    fingerprint: dict[str, Any],
+) -> dict[str, list[np.ndarray]]:
+    """Run ``run_batch(batch_indices, start)`` over ``indices`` in batches, resumably.
+
+    After every batch its arrays are added to ``resume_file`` (written atomically,
+    outside Snakemake's outputs): a preempted or killed sampling job started again
+    skips the finished batches. Each sample draws from its own generator, so the
+    result is the same as an uninterrupted run. The file is removed at the end.
+    """
+    done: dict[str, np.ndarray] = {}
+    tag = json.dumps(fingerprint, sort_keys=True)
+    if resume_file is not None and Path(resume_file).is_file():
+        with np.load(resume_file) as saved:
+            if str(saved["fingerprint"]) == tag:
+                done = {k: saved[k] for k in saved.files if k != "fingerprint"}
+                logger.info("resuming: %d finished batch(es) in %s", len({k.split("/")[0] for k in done}), resume_file)
+            else:
+                logger.warning("ignoring %s: it belongs to other settings", resume_file)
+    collected: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(indices), batch_size):
-        yield indices[start : start + batch_size]
+        if f"{start}/sample_index" not in done:
+            out = run_batch(indices[start : start + batch_size], start)
+            done.update({f"{start}/{k}": v for k, v in out.items()})
+            if resume_file is not None:
+                with atomic_path(resume_file) as tmp:
+                    np.savez(tmp, fingerprint=np.array(tag), **done)
+        for key in [k for k in done if k.startswith(f"{start}/")]:
+            collected.setdefault(key.split("/", 1)[1], []).append(done[key])
+    if resume_file is not None:
+        Path(resume_file).unlink(missing_ok=True)
+    return collected
 
 
 def _progress_logger(what: str, every_seconds: float = 30.0):
@@ -97,17 +134,19 @@ def sample_structures(
     sampling: SamplingSettings,
     watershed: dict[str, Any],
     device: str = "cpu",
+    resume_file: str | Path | None = None,
 ) -> int:
     """Rule ``sample_structures``: one shard of synthetic structures and their instance maps.
 
+    ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
     Returns the number of structures with at least one nucleus.
     """
     model, schedule, saved = load_diffusion_model(model_path, device=device, expect="structure")
     size = int(saved["patch_size"])
     indices = shard_indices(n_total, n_shards, shard)
-    structures, instances = [], []
     t0 = time.monotonic()
-    for batch in _batches(indices, sampling.batch_size):
+
+    def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
         result = sample(
             lambda x, t: model(x, t), (len(batch), 3, size, size), schedule,
             sampler=sampling.sampler, steps=sampling.steps, variance=sampling.variance,
@@ -115,10 +154,18 @@ def sample_structures(
             generators=[sample_generator(sampling.seed, "structure", i) for i in batch],
             progress=_progress_logger(f"structures {batch[0]}..{batch[-1]}"),
         )
-        for x in result.x0.float().cpu().permute(0, 2, 3, 1).numpy():
-            structure = structure_from_model_range(x)
-            structures.append(structure)
-            instances.append(instances_from_structure(structure, **watershed))
+        structures = [structure_from_model_range(x) for x in result.x0.float().cpu().permute(0, 2, 3, 1).numpy()]
+        return {
+            "sample_index": batch,
+            "structures": np.stack(structures).astype(np.float32),
+            "instances": np.stack([instances_from_structure(st, **watershed) for st in structures]),
+        }
+
+    fingerprint = {"model": file_sha256(model_path), "sampling": asdict(sampling), "watershed": watershed,
+                   "indices": indices.tolist()}
+    parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
+    structures = _concat(parts, "structures", (0, size, size, 3), np.float32)
+    instances = _concat(parts, "instances", (0, size, size), np.int32)
     n_nuclei = np.array([int(inst.max(initial=0)) for inst in instances], dtype=np.int64)
     degenerate = int(np.sum(n_nuclei == 0))
     logger.info(
@@ -127,10 +174,7 @@ def sample_structures(
         int(np.median(n_nuclei)) if len(n_nuclei) else "n/a",
     )
     with atomic_path(out_npz) as tmp:
-        np.savez_compressed(
-            tmp, sample_index=indices, structures=_stack(structures, (0, size, size, 3), np.float32),
-            instances=_stack(instances, (0, size, size), np.int32), n_nuclei=n_nuclei,
-        )
+        np.savez_compressed(tmp, sample_index=indices, structures=structures, instances=instances, n_nuclei=n_nuclei)
     return len(indices) - degenerate
 
 
@@ -141,9 +185,11 @@ def sample_images(
     *,
     sampling: SamplingSettings,
     device: str = "cpu",
+    resume_file: str | Path | None = None,
 ) -> int:
     """Rule ``sample_images``: one image per non-degenerate structure of a shard, with guidance.
 
+    ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
     Returns the number of pairs written.
     """
     model, schedule, saved = load_diffusion_model(model_path, device=device, expect="image")
@@ -154,9 +200,8 @@ def sample_images(
         instances = shard["instances"][keep]
     logger.info("%d structures (%d degenerate ones dropped)", len(indices), int((~keep).sum()))
     size = int(saved["patch_size"])
-    images = []
-    for start in range(0, len(indices), sampling.batch_size):
-        batch = indices[start : start + sampling.batch_size]
+
+    def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
         cond = torch.from_numpy(structure_to_model_range(structures[start : start + len(batch)]))
         cond = cond.permute(0, 3, 1, 2).to(device)
         result = sample(
@@ -167,17 +212,22 @@ def sample_images(
             generators=[sample_generator(sampling.seed, "image", i) for i in batch],
             progress=_progress_logger(f"images {batch[0]}..{batch[-1]}"),
         )
-        images.extend(image_from_model_range(result.x0.float().cpu().permute(0, 2, 3, 1).numpy()))
+        images = image_from_model_range(result.x0.float().cpu().permute(0, 2, 3, 1).numpy())
+        return {"sample_index": batch, "images": images}
+
+    fingerprint = {"model": file_sha256(model_path), "sampling": asdict(sampling),
+                   "structures": file_sha256(structures_npz)}
+    parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
     with atomic_path(out_npz) as tmp:
         np.savez_compressed(
             tmp, sample_index=indices, structures=structures, instances=instances,
-            images=_stack(images, (0, size, size, 3), np.uint8),
+            images=_concat(parts, "images", (0, size, size, 3), np.uint8),
         )
     return len(indices)
 
 
-def _stack(arrays: list[np.ndarray], empty_shape: tuple[int, ...], dtype) -> np.ndarray:
-    return np.stack(arrays).astype(dtype) if arrays else np.zeros(empty_shape, dtype)
+def _concat(parts: dict[str, list[np.ndarray]], key: str, empty_shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.concatenate(parts[key]).astype(dtype) if parts.get(key) else np.zeros(empty_shape, dtype)
 
 
 def build_augmented_set(labelled_csv: str | Path, pair_shards: list[str | Path], out_csv: str | Path) -> pd.DataFrame:

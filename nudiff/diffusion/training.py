@@ -18,9 +18,8 @@ map and negating it would be off by HoVer-Net's rounding).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,9 +30,11 @@ import torch
 from nudiff.diffusion.loss import l_simple
 from nudiff.diffusion.schedule import NoiseSchedule, linear_schedule
 from nudiff.diffusion.unet import UNet, UNetConfig, count_parameters
+from nudiff.config import from_mapping
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.figures import plot_loss_curve
 from nudiff.io.atomic import atomic_path
+from nudiff.io.digest import file_sha256
 from nudiff.samples import SampleReader, read_sample_table
 from nudiff.structure import nuclei_structure, structure_to_model_range
 from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
@@ -82,14 +83,6 @@ class DiffusionTraining:
             grad_clip=self.grad_clip,
             ema_decay=self.ema_decay,
         )
-
-
-def from_mapping(cls, values: dict[str, Any], key: str):
-    """Build a config dataclass from a config mapping, naming ``key`` on unknown fields."""
-    unknown = sorted(set(values) - {f.name for f in fields(cls)})
-    if unknown:
-        raise ConfigError(f"{key}: unknown setting(s) {unknown}")
-    return cls(**values)
 
 
 # ---- training examples -------------------------------------------------------
@@ -181,14 +174,6 @@ def load_diffusion_model(
 # ---- the rule entry point ---------------------------------------------------
 
 
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def train_diffusion_model(
     kind: ModelKind,
     samples_csv: str | Path,
@@ -253,8 +238,8 @@ def train_diffusion_model(
         "network": net_cfg.to_dict(),
         "training": asdict(train_cfg),
         "schedule": asdict(sched_cfg),
-        "samples": _file_digest(samples_csv),
-        "init": _file_digest(init_model) if init_model is not None else None,
+        "samples": file_sha256(samples_csv),
+        "init": file_sha256(init_model) if init_model is not None else None,
     }
     store = CheckpointStore(checkpoint_dir, keep=train_cfg.keep_checkpoints)
     result = run_training(

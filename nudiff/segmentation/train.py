@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nudiff.diffusion.training import _file_digest, from_mapping
+from nudiff.config import from_mapping
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.io.atomic import atomic_path
+from nudiff.io.digest import file_sha256
 from nudiff.samples import SampleReader, read_sample_table
 from nudiff.segmentation.augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, augment_pair
 from nudiff.segmentation.encoder_weights import load_encoder_weights
@@ -229,8 +230,8 @@ def train_segmenter(
     encoder = cfg.encoder_weights
     fingerprint = {
         "model": MODEL_NAME, "network": net_cfg.to_dict(), "training": asdict(cfg),
-        "samples": _file_digest(samples_csv),
-        "encoder": _file_digest(encoder) if encoder not in ("none", "imagenet") else encoder,
+        "samples": file_sha256(samples_csv),
+        "encoder": file_sha256(encoder) if encoder not in ("none", "imagenet") else encoder,
     }
     store = CheckpointStore(checkpoint_dir, keep=cfg.keep_checkpoints)
     result = run_training(model, optimizer, step, cfg.loop_settings(), generator=torch.Generator().manual_seed(cfg.seed),

@@ -1,0 +1,82 @@
+# Results a person reads: per-image metric plots, prediction overlays, the
+# paper-style table and the provenance of the run (all in `snakemake --report`).
+
+
+rule plot_per_image_metrics:
+    input:
+        "results/{dataset}/{pct}pct/metrics_per_image.csv",
+    output:
+        report(
+            "results/{dataset}/{pct}pct/per_image_metrics.png",
+            caption="../config/report/per_image_metrics.rst",
+            category="Segmentation",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/plot_per_image_metrics.log",
+    group:
+        "evaluate"
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/plot_per_image_metrics.py"
+
+
+rule plot_prediction_overlays:
+    input:
+        unpack(overlay_predictions),
+        prepared="results/{dataset}/prepared",
+    output:
+        report(
+            "results/{dataset}/{pct}pct/prediction_overlays.png",
+            caption="../config/report/prediction_overlays.rst",
+            category="Segmentation",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/plot_prediction_overlays.log",
+    params:
+        labels=lambda wildcards: list(overlay_predictions(wildcards)),
+    group:
+        "evaluate"
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/plot_prediction_overlays.py"
+
+
+rule make_table:
+    input:
+        all_metrics(),
+    output:
+        table=report("results/table.csv", caption="../config/report/table.rst", category="Results"),
+        markdown="results/table.md",
+        html=report("results/table.html", caption="../config/report/table.rst", category="Results"),
+        bars=report("results/table.png", caption="../config/report/table.rst", category="Results"),
+    log:
+        "logs/make_table.log",
+    params:
+        paper_tables=paper_tables(),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/make_table.py"
+
+
+rule record_provenance:
+    input:
+        manifests=expand("results/{dataset}/prepared", dataset=DATASETS),
+        table="results/table.csv",
+    output:
+        json="results/provenance.json",
+        html=report("results/provenance.html", caption="../config/report/provenance.rst", category="Provenance"),
+    log:
+        "logs/record_provenance.log",
+    params:
+        config=config,
+        datasets=DATASETS,
+        repo_dir=workflow.basedir,
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/record_provenance.py"
