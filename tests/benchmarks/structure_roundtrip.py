@@ -18,7 +18,7 @@ the distance map is smoothed with MONAI's default ``GaussianSmooth()``.
 
 Run on demand (a few minutes on 2 cores; timings on a shared machine are rough):
 
-    python benchmarks/structure_roundtrip.py [--labels DIR] [--out CSV] [--limit N] [--noise-std S]
+    python tests/benchmarks/structure_roundtrip.py [--labels DIR] [--out CSV] [--limit N] [--noise-std S]
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from nudiff.structure import (
     structure_to_model_range,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # tests/benchmarks/<this file>
 MONUSEG = Path(os.environ.get("NUDIFF_MONUSEG", REPO.parent / "shared" / "data" / "monuseg"))
 DEFAULT_LABELS = MONUSEG / "train" / "labels"
-DEFAULT_OUT = REPO / "benchmarks" / "runs" / "structure_roundtrip.csv"
+DEFAULT_OUT = REPO / "benchmarks" / "structure_roundtrip.csv"
 
 def local_aji(true: np.ndarray, pred: np.ndarray) -> float:
     """AJI (Kumar et al. 2017) as HoVer-Net's get_fast_aji: each truth takes its best-IoU prediction.
