@@ -30,7 +30,9 @@ test: install
 report: install
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
+## lint: style checks of the code and of the workflow
 lint: install
+	$(BIN)/ruff check nudiff tests workflow_scripts
 	$(BIN)/snakemake --lint
 
 ## benchmarks: speed and memory of the hot paths (slow; run on demand)

@@ -22,6 +22,7 @@ from nudiff.datasets.prepare import read_manifest
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.images import read_image, read_instance_map, write_instance_map
+from nudiff.io.tables import read_table
 from nudiff.metrics import compute_all
 from nudiff.segmentation.inference import predict_structure
 from nudiff.segmentation.train import load_segmenter
@@ -87,13 +88,36 @@ def segment_test_images(
             inst = instances_from_structure(structure, **watershed)
             done = time.perf_counter()
             write_instance_map(tmp / f"{item.name}.tif", inst)
-            rows.append({"name": item.name, "height": rgb.shape[0], "width": rgb.shape[1], "n_pred": int(inst.max()),
-                         "inference_s": toc - tic, "postprocess_s": done - toc})
-            logger.info("%d/%d %s (%dx%d): %d nuclei; inference %.2f s, post-processing %.2f s", i, len(test),
-                        item.name, rgb.shape[0], rgb.shape[1], rows[-1]["n_pred"], toc - tic, done - toc)
+            rows.append(
+                {
+                    "name": item.name,
+                    "height": rgb.shape[0],
+                    "width": rgb.shape[1],
+                    "n_pred": int(inst.max()),
+                    "inference_s": toc - tic,
+                    "postprocess_s": done - toc,
+                }
+            )
+            logger.info(
+                "%d/%d %s (%dx%d): %d nuclei; inference %.2f s, post-processing %.2f s",
+                i,
+                len(test),
+                item.name,
+                rgb.shape[0],
+                rgb.shape[1],
+                rows[-1]["n_pred"],
+                toc - tic,
+                done - toc,
+            )
     timings = pd.DataFrame(rows)
-    logger.info("segmented %d test images with %s (tile %d): %.2f s inference + %.2f s post-processing per image",
-                len(timings), model_file, tile, timings["inference_s"].mean(), timings["postprocess_s"].mean())
+    logger.info(
+        "segmented %d test images with %s (tile %d): %.2f s inference + %.2f s post-processing per image",
+        len(timings),
+        model_file,
+        tile,
+        timings["inference_s"].mean(),
+        timings["postprocess_s"].mean(),
+    )
     return timings
 
 
@@ -130,16 +154,17 @@ def score_predictions(
         true = read_instance_map(item.label)
         pred = read_instance_map(predictions[item.name])
         if pred.shape != true.shape:
-            raise InputDataError(f"{predictions[item.name]}: prediction is {pred.shape}, "
-                                 f"but the true map {item.label} is {true.shape}")
+            raise InputDataError(
+                f"{predictions[item.name]}: prediction is {pred.shape}, but the true map {item.label} is {true.shape}"
+            )
         scores = compute_all(true, pred)
-        rows.append({"name": item.name, **labels, **scores,
-                     "n_true": _n_instances(true), "n_pred": _n_instances(pred)})
+        rows.append({"name": item.name, **labels, **scores, "n_true": _n_instances(true), "n_pred": _n_instances(pred)})
     table = pd.DataFrame(rows, columns=["name", *labels, *METRICS, *COUNTS])
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    logger.info("%s: %d test images, mean dice %.4f aji %.4f", out_csv, len(table), table["dice"].mean(),
-                table["aji"].mean())
+    logger.info(
+        "%s: %d test images, mean dice %.4f aji %.4f", out_csv, len(table), table["dice"].mean(), table["aji"].mean()
+    )
     return table
 
 
@@ -164,12 +189,7 @@ def summarize_scores(
         raise ValueError("per_image_csvs is empty: nothing to summarise")
     tables, columns = [], None
     for path in map(Path, per_image_csvs):
-        if not path.is_file():
-            raise InputDataError(f"per-image scores not found: {path}")
-        table = pd.read_csv(path, dtype={"name": str})
-        missing = sorted({"name", *RUN_KEYS, *METRICS} - set(table.columns))
-        if missing:
-            raise InputDataError(f"{path} lacks columns {missing}")
+        table = read_table(path, required=["name", *RUN_KEYS, *METRICS], what="per-image scores", dtype={"name": str})
         if columns is not None and list(table.columns) != columns:
             raise InputDataError(f"{path} has columns {list(table.columns)}, {per_image_csvs[0]} has {columns}")
         columns = list(table.columns)
@@ -178,7 +198,9 @@ def summarize_scores(
     keys = [c for c in per_image.columns if c not in {"name", *METRICS, *COUNTS}]
     duplicated = per_image.duplicated([*keys, "name"])
     if duplicated.any():
-        raise InputDataError(f"images scored twice for one run: {per_image.loc[duplicated, [*keys, 'name']].to_dict('records')[:3]}")
+        raise InputDataError(
+            f"images scored twice for one run: {per_image.loc[duplicated, [*keys, 'name']].to_dict('records')[:3]}"
+        )
     grouped = per_image.groupby(keys, sort=True, dropna=False)
     summary = grouped[METRICS].mean().join(grouped.size().rename("n_images")).reset_index()
     with atomic_path(out_metrics_csv) as tmp_metrics, atomic_path(out_per_image_csv) as tmp_rows:

@@ -23,6 +23,7 @@ from nudiff.datasets.prepare import MANIFEST_NAME, read_manifest  # noqa: E402
 from nudiff.errors import InputDataError  # noqa: E402
 from nudiff.figures import overlay_instances, save_figure  # noqa: E402
 from nudiff.io.images import read_image, read_instance_map  # noqa: E402
+from nudiff.io.tables import read_table  # noqa: E402
 from nudiff.metrics import aji, dice  # noqa: E402
 from nudiff.table import (  # noqa: E402
     METRICS,
@@ -41,17 +42,13 @@ _OFFSET = 0.18  # half the gap between an image's labelled and augmented dots
 
 
 def _read_per_image(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputDataError(f"{path}: per-image metrics file not found")
-    try:
-        frame = pd.read_csv(path, dtype={"name": str, "subset": str, "dataset": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"{path}: unreadable CSV: {exc}") from exc
-    missing = [c for c in _PER_IMAGE_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputDataError(f"{path}: lacks column(s) {missing}")
-    if frame.empty:
-        raise InputDataError(f"{path}: no rows")
+    frame = read_table(
+        path,
+        required=_PER_IMAGE_COLUMNS,
+        what="per-image metrics file",
+        allow_empty=False,
+        dtype={"name": str, "subset": str, "dataset": str},
+    )
     if frame[["dataset", "subset"]].drop_duplicates().shape[0] != 1:
         raise InputDataError(f"{path}: expected one dataset and subset per file")
     bad = sorted(set(frame["trainset"]) - set(TRAINSETS))
@@ -85,24 +82,37 @@ def plot_per_image_metrics(per_image_csv: str | os.PathLike, out_png: str | os.P
     x_of = {name: i for i, name in enumerate(names)}
     models = sorted(frame["model"].unique(), key=lambda m: (m not in MODEL_NAMES, m))
     panels = [(m, metric) for m in models for metric in METRICS]
-    fig, axes = plt.subplots(len(panels), 1, squeeze=False, sharex=True,
-                             figsize=(max(7.0, 0.45 * len(names) + 4.0), 2.3 * len(panels) + 1.4))
+    fig, axes = plt.subplots(
+        len(panels), 1, squeeze=False, sharex=True, figsize=(max(7.0, 0.45 * len(names) + 4.0), 2.3 * len(panels) + 1.4)
+    )
     for ax, (model, metric) in zip(axes[:, 0], panels):
         part = frame[frame["model"] == model]
         wide = part.pivot_table(index=["name", "seed"], columns="trainset", values=metric)
         if set(TRAINSETS) <= set(wide.columns):
             for (name, _), row in wide.dropna().iterrows():
                 up = row["augmented"] >= row["labelled"]
-                ax.plot([x_of[name] - _OFFSET, x_of[name] + _OFFSET],
-                        [row["labelled"], row["augmented"]], lw=0.8, alpha=0.7,
-                        color="tab:green" if up else "tab:red", zorder=1)
+                ax.plot(
+                    [x_of[name] - _OFFSET, x_of[name] + _OFFSET],
+                    [row["labelled"], row["augmented"]],
+                    lw=0.8,
+                    alpha=0.7,
+                    color="tab:green" if up else "tab:red",
+                    zorder=1,
+                )
         for sign, trainset in zip((-1, 1), TRAINSETS):
             rows = part[part["trainset"] == trainset]
             if rows.empty:
                 continue
-            ax.scatter(rows["name"].map(x_of) + sign * _OFFSET, rows[metric], s=16,
-                       color=COLORS[trainset], edgecolor="white", linewidth=0.4, zorder=2,
-                       label=f"{trainset} (mean {rows[metric].mean():.3f})")
+            ax.scatter(
+                rows["name"].map(x_of) + sign * _OFFSET,
+                rows[metric],
+                s=16,
+                color=COLORS[trainset],
+                edgecolor="white",
+                linewidth=0.4,
+                zorder=2,
+                label=f"{trainset} (mean {rows[metric].mean():.3f})",
+            )
             ax.axhline(rows[metric].mean(), color=COLORS[trainset], ls="--", lw=0.9, zorder=0)
         ax.set_ylabel(f"{MODEL_NAMES.get(model, model)}\n{_METRIC_NAMES[metric]}")
         ax.grid(axis="y", alpha=0.3)
@@ -112,16 +122,17 @@ def plot_per_image_metrics(per_image_csv: str | os.PathLike, out_png: str | os.P
     axes[-1, 0].set_xlim(-0.6, len(names) - 0.4)
     seeds = frame.groupby(["model", "trainset"])["seed"].nunique()
     dataset, subset = frame[["dataset", "subset"]].iloc[0]
-    fig.suptitle(f"{dataset}, {subset} labelled: per-image scores on {len(names)} test images "
-                 f"({'/'.join(map(str, sorted(set(seeds))))} seed(s))\nlines join one seed's "
-                 f"labelled and augmented score: green = augmented higher, red = lower",
-                 fontsize=10)
+    fig.suptitle(
+        f"{dataset}, {subset} labelled: per-image scores on {len(names)} test images "
+        f"({'/'.join(map(str, sorted(set(seeds))))} seed(s))\nlines join one seed's "
+        f"labelled and augmented score: green = augmented higher, red = lower",
+        fontsize=10,
+    )
     fig.tight_layout()
     save_figure(fig, out_png)
 
 
-def _crop_window(label: np.ndarray, crop: int | None, *,
-                 stride_fraction: int = 4) -> tuple[slice, slice]:
+def _crop_window(label: np.ndarray, crop: int | None, *, stride_fraction: int = 4) -> tuple[slice, slice]:
     """The ``crop`` x ``crop`` window of ``label`` ``(H, W)`` holding the most nucleus centres.
 
     Windows start every ``crop // stride_fraction`` pixels (plus flush with the far
@@ -149,8 +160,7 @@ def _crop_window(label: np.ndarray, crop: int | None, *,
     return slice(where[0], where[0] + ch), slice(where[1], where[1] + cw)
 
 
-def _choose_names(test: pd.DataFrame, names: Sequence[str] | None, n_images: int,
-                  manifest: Path) -> list[str]:
+def _choose_names(test: pd.DataFrame, names: Sequence[str] | None, n_images: int, manifest: Path) -> list[str]:
     if names is not None:
         unknown = [n for n in names if n not in set(test["name"])]
         if unknown or not names:
@@ -217,20 +227,19 @@ def plot_prediction_overlays(
                 raise InputDataError(f"{path}: prediction for {name} ({title}) not found")
             preds[title] = read_instance_map(path)
             if preds[title].shape != truth.shape:
-                raise InputDataError(f"{path}: shape {preds[title].shape} differs from the "
-                                     f"label's {truth.shape}")
+                raise InputDataError(f"{path}: shape {preds[title].shape} differs from the label's {truth.shape}")
         rows.append((name, rgb, truth, preds, _crop_window(truth, crop)))
 
     n_cols = 2 + len(predictions_dirs)
-    fig, axes = plt.subplots(len(rows), n_cols, squeeze=False,
-                             figsize=(tile_inches * n_cols, tile_inches * len(rows) + 0.5))
+    fig, axes = plt.subplots(
+        len(rows), n_cols, squeeze=False, figsize=(tile_inches * n_cols, tile_inches * len(rows) + 0.5)
+    )
     for r, (name, rgb, truth, preds, window) in enumerate(rows):
         outlined = overlay_instances(rgb, truth, color=GT_COLOR)
         tiles = [("image", rgb), (f"ground truth ({int(truth.max())} nuclei)", outlined)]
         for title, pred in preds.items():
             scores = f"Dice {dice(truth, pred):.3f}, AJI {aji(truth, pred):.3f}"
-            tiles.append((f"{title}\n{scores}",
-                          overlay_instances(outlined, pred, color=PRED_COLOR)))
+            tiles.append((f"{title}\n{scores}", overlay_instances(outlined, pred, color=PRED_COLOR)))
         for c, (title, tile) in enumerate(tiles):
             ax = axes[r][c]
             ax.imshow(tile[window], interpolation="nearest")
@@ -257,8 +266,9 @@ def plot_table_bars(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
     if missing or table.empty:
         raise ValueError(f"table is empty or lacks column(s) {missing}; build it with build_table")
     combos = table[["model", "dataset"]].drop_duplicates().values.tolist()
-    fig, axes = plt.subplots(len(METRICS), len(combos), squeeze=False,
-                             figsize=(max(4.5, 3.6 * len(combos)), 3.0 * len(METRICS) + 0.6))
+    fig, axes = plt.subplots(
+        len(METRICS), len(combos), squeeze=False, figsize=(max(4.5, 3.6 * len(combos)), 3.0 * len(METRICS) + 0.6)
+    )
     width = 0.38
     for c, (model, dataset) in enumerate(combos):
         part = table[(table["model"] == model) & (table["dataset"] == dataset)]
@@ -272,13 +282,20 @@ def plot_table_bars(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
                 mean, std = rows[f"{metric}_mean"], rows[f"{metric}_std"]
                 ax.bar(x, mean, width, color=COLORS[trainset], label=f"ours, {trainset}")
                 if std.notna().any():  # one seed: no spread to show
-                    ax.errorbar(x, mean, yerr=std, ls="none", color="black", elinewidth=0.8,
-                                capsize=2)
+                    ax.errorbar(x, mean, yerr=std, ls="none", color="black", elinewidth=0.8, capsize=2)
                 std = std.fillna(0)
                 paper = rows[f"paper_{metric}"]
                 if paper.notna().any():
-                    ax.plot(x, paper, ls="none", marker="_", markersize=16, mew=2.5, color="black",
-                            label="paper" if trainset == TRAINSETS[0] else None)
+                    ax.plot(
+                        x,
+                        paper,
+                        ls="none",
+                        marker="_",
+                        markersize=16,
+                        mew=2.5,
+                        color="black",
+                        label="paper" if trainset == TRAINSETS[0] else None,
+                    )
                 values += [*(mean - std).dropna(), *(mean + std).dropna(), *paper.dropna()]
             low, high = min(values), max(values)
             pad = max(0.02, 0.15 * (high - low))
@@ -297,10 +314,9 @@ def plot_table_bars(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
     labels = sorted(legend, key=lambda label: label == "paper")
     handles = [legend[label] for label in labels]
-    fig.suptitle("labelled vs augmented: mean over seeds, bars ± std where several (y axis "
-                 "zoomed, not from 0)",
-                 fontsize=10)
-    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, 0.955))
+    fig.suptitle(
+        "labelled vs augmented: mean over seeds, bars ± std where several (y axis zoomed, not from 0)", fontsize=10
+    )
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.955))
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     save_figure(fig, out_png)

@@ -66,9 +66,9 @@ def load_resnet50(weights: str | Path, *, seed: int = 0) -> nn.Module:
         path = imagenet_weights_file() if weights == "imagenet" else Path(weights)
         if not path.is_file():
             hint = (
-                f" Run once, with internet: python -c \"import torchvision; "
-                f"torchvision.models.resnet50(weights='IMAGENET1K_V1')\", or copy the file there, "
-                f"or set features.weights to a local file or to none."
+                ' Run once, with internet: python -c "import torchvision; '
+                "torchvision.models.resnet50(weights='IMAGENET1K_V1')\", or copy the file there, "
+                "or set features.weights to a local file or to none."
                 if weights == "imagenet"
                 else ""
             )
@@ -158,7 +158,9 @@ def compute_patch_features(
     features = extract_features(_Images(reader), **options)
     with atomic_path(out_npz) as tmp:
         np.savez(
-            tmp, patch_id=index["patch_id"].to_numpy(str), features=features,
+            tmp,
+            patch_id=index["patch_id"].to_numpy(str),
+            features=features,
             weights=np.array(str(options.get("weights", "none"))),
         )
     return features

@@ -33,8 +33,12 @@ def plot_loss_curve(history: pd.DataFrame, path: str | Path, *, title: str) -> N
     fig, ax = plt.subplots(figsize=(6, 3.5))
     window = max(1, len(history) // 100)
     ax.plot(history["step"], history["loss"], lw=0.5, alpha=0.35, color="tab:blue", label="per step")
-    ax.plot(history["step"], history["loss"].rolling(window, min_periods=1).mean(), color="tab:blue",
-            label=f"mean of {window}")
+    ax.plot(
+        history["step"],
+        history["loss"].rolling(window, min_periods=1).mean(),
+        color="tab:blue",
+        label=f"mean of {window}",
+    )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
@@ -50,9 +54,7 @@ def render_structure(structure: np.ndarray) -> np.ndarray:
     is the semantic channel; background stays black.
     """
     fg = np.clip(structure[..., SEMANTIC], 0, 1)
-    rgb = np.stack(
-        [(structure[..., HORIZONTAL] + 1) / 2 * fg, (structure[..., VERTICAL] + 1) / 2 * fg, fg], axis=-1
-    )
+    rgb = np.stack([(structure[..., HORIZONTAL] + 1) / 2 * fg, (structure[..., VERTICAL] + 1) / 2 * fg, fg], axis=-1)
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
@@ -63,12 +65,17 @@ def overlay_instances(rgb: np.ndarray, inst: np.ndarray, *, color: Sequence[int]
     return out
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], row_titles: Sequence[str], path: str | Path,
-               *, tile_inches: float = 1.6, title: str | None = None) -> None:
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    row_titles: Sequence[str],
+    path: str | Path,
+    *,
+    tile_inches: float = 1.6,
+    title: str | None = None,
+) -> None:
     """Rows of same-sized RGB tiles, one title per row."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(tile_inches * n_cols, tile_inches * n_rows + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(tile_inches * n_cols, tile_inches * n_rows + 0.3), squeeze=False)
     for r, (tiles, name) in enumerate(zip(rows, row_titles)):
         for c in range(n_cols):
             ax = axes[r][c]

@@ -18,6 +18,7 @@ from nudiff.datasets.prepare import read_manifest
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.images import read_instance_map
+from nudiff.io.tables import read_table
 from nudiff.logs import log_progress
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ def patch_id(image: str, y: int, x: int) -> str:
     return f"{image}_y{y}_x{x}"
 
 
-def build_patch_index(manifest: pd.DataFrame, *, size: int = 256, stride: int = 128, split: str = "train") -> pd.DataFrame:
+def build_patch_index(
+    manifest: pd.DataFrame, *, size: int = 256, stride: int = 128, split: str = "train"
+) -> pd.DataFrame:
     """List every patch of the images of one split.
 
     Args:
@@ -74,9 +77,7 @@ def build_patch_index(manifest: pd.DataFrame, *, size: int = 256, stride: int = 
     rows = []
     for item in log_progress(list(images.itertuples()), desc=f"cutting {split} images", logger=logger):
         if item.height < size or item.width < size:
-            raise InputDataError(
-                f"image {item.name} is {item.height}x{item.width}, smaller than the patch size {size}"
-            )
+            raise InputDataError(f"image {item.name} is {item.height}x{item.width}, smaller than the patch size {size}")
         inst = read_instance_map(item.label)
         for y, x in patch_grid(item.height, item.width, size, stride):
             ids = np.unique(inst[y : y + size, x : x + size])
@@ -94,17 +95,12 @@ def write_patch_index(index: pd.DataFrame, path: str | Path) -> None:
 
 def read_patch_index(path: str | Path) -> pd.DataFrame:
     """Read a patch index written by :func:`write_patch_index`, checking its columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"patch index not found: {path}")
-    index = pd.read_csv(path)
-    missing = [c for c in PATCH_INDEX_COLUMNS if c not in index.columns]
-    if missing:
-        raise InputDataError(f"patch index {path} lacks columns {missing}")
-    return index
+    return read_table(path, required=PATCH_INDEX_COLUMNS, what="patch index")
 
 
-def extract_patches(prepared_dir: str | Path, out_csv: str | Path, *, size: int = 256, stride: int = 128) -> pd.DataFrame:
+def extract_patches(
+    prepared_dir: str | Path, out_csv: str | Path, *, size: int = 256, stride: int = 128
+) -> pd.DataFrame:
     """Rule ``extract_patches``: the patch index of a prepared dataset's training images."""
     index = build_patch_index(read_manifest(Path(prepared_dir) / "manifest.csv"), size=size, stride=stride)
     write_patch_index(index, out_csv)

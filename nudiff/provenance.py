@@ -22,16 +22,28 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
+from nudiff.io.tables import read_table
 
 logger = logging.getLogger(__name__)
 
-PACKAGES = ("nudiff", "torch", "torchvision", "numpy", "scipy", "scikit-image", "scikit-learn",
-            "pandas", "diffusers", "snakemake", "tifffile", "imagecodecs")
+PACKAGES = (
+    "nudiff",
+    "torch",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "scikit-learn",
+    "pandas",
+    "diffusers",
+    "snakemake",
+    "tifffile",
+    "imagecodecs",
+)
 MANIFEST_COLUMNS = ("name", "split", "source_image", "source_label", "source_sha256")
 SEED_KEYS = ("seed", "seeds")
 NOT_INSTALLED = "not installed"
@@ -40,8 +52,9 @@ _MAX_DIRTY_PATHS = 50
 
 
 def _git(repo_dir: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True, text=True,
-                          timeout=_GIT_TIMEOUT_S, check=True)
+    done = subprocess.run(
+        ["git", "-C", str(repo_dir), *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=True
+    )
     return done.stdout
 
 
@@ -60,8 +73,7 @@ def git_state(repo_dir: str | os.PathLike) -> dict[str, Any]:
         return {"commit": None, "dirty": None, "note": "git is not installed"}
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         detail = (getattr(exc, "stderr", "") or "").strip() or str(exc)
-        return {"commit": None, "dirty": None,
-                "note": f"{repo_dir} is not a git repository (or git failed): {detail}"}
+        return {"commit": None, "dirty": None, "note": f"{repo_dir} is not a git repository (or git failed): {detail}"}
     return {"commit": commit, "dirty": bool(changed), "changed": changed[:_MAX_DIRTY_PATHS]}
 
 
@@ -88,8 +100,7 @@ def _cpu_model() -> str:
 
 def device_info() -> dict[str, Any]:
     """CPU model and cores; CUDA device names, CUDA and cuDNN versions when torch sees any."""
-    info: dict[str, Any] = {"cpu": _cpu_model(), "cpu_cores": os.cpu_count(),
-                            "platform": platform.platform()}
+    info: dict[str, Any] = {"cpu": _cpu_model(), "cpu_cores": os.cpu_count(), "platform": platform.platform()}
     if hasattr(os, "sched_getaffinity"):
         info["cpu_cores_usable"] = len(os.sched_getaffinity(0))
     try:
@@ -152,15 +163,7 @@ def manifest_checksums(path: str | os.PathLike) -> dict[str, Any]:
             or holding an empty checksum or a duplicate name.
     """
     path = _manifest_path(path)
-    if not path.is_file():
-        raise InputDataError(f"{path}: manifest not found")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"{path}: unreadable manifest: {exc}") from exc
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputDataError(f"{path}: manifest lacks column(s) {missing}")
+    table = read_table(path, required=MANIFEST_COLUMNS, what="manifest", dtype=str)
     if (table["source_sha256"].str.len() == 0).any() or table["name"].duplicated().any():
         raise InputDataError(f"{path}: empty source_sha256 or duplicate name")
     table = table.sort_values("name", kind="stable")
@@ -169,9 +172,16 @@ def manifest_checksums(path: str | os.PathLike) -> dict[str, Any]:
         "manifest": str(path),
         "n_images": len(table),
         "combined_sha256": hashlib.sha256(lines.encode("utf-8")).hexdigest(),
-        "images": [{"name": r.name, "split": r.split, "sha256": r.source_sha256,
-                    "source_image": r.source_image, "source_label": r.source_label}
-                   for r in table.itertuples()],
+        "images": [
+            {
+                "name": r.name,
+                "split": r.split,
+                "sha256": r.source_sha256,
+                "source_image": r.source_image,
+                "source_label": r.source_label,
+            }
+            for r in table.itertuples()
+        ],
     }
 
 
@@ -219,15 +229,18 @@ def collect_provenance(
         "data": {name: manifest_checksums(path) for name, path in manifests.items()},
         "config": config,
     }
-    logger.info("provenance: commit %s, %d dataset(s), %d seed key(s)",
-                prov["git"]["commit"], len(prov["data"]), len(prov["seeds"]))
+    logger.info(
+        "provenance: commit %s, %d dataset(s), %d seed key(s)",
+        prov["git"]["commit"],
+        len(prov["data"]),
+        len(prov["seeds"]),
+    )
     return prov
 
 
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                   for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -263,14 +276,16 @@ def render_provenance_html(prov: Mapping[str, Any]) -> str:
         device_rows.append(("CUDA", cuda))
     data = []
     for name, entry in prov["data"].items():
-        data.append(f"<h3>{esc(name)}</h3><p>{entry['n_images']} images, combined sha256 "
-                    f"<code>{esc(entry['combined_sha256'])}</code> ({esc(entry['manifest'])})</p>")
-        data.append(_table([(i["name"], i["split"], i["sha256"]) for i in entry["images"]],
-                           ("name", "split", "source sha256")))
+        data.append(
+            f"<h3>{esc(name)}</h3><p>{entry['n_images']} images, combined sha256 "
+            f"<code>{esc(entry['combined_sha256'])}</code> ({esc(entry['manifest'])})</p>"
+        )
+        data.append(
+            _table([(i["name"], i["split"], i["sha256"]) for i in entry["images"]], ("name", "split", "source sha256"))
+        )
     seeds = [(k, json.dumps(v)) for k, v in prov["seeds"].items()]
     sections = [
-        ("Run", _table([("created (UTC)", prov["created_utc"]), ("host", prov["hostname"])],
-                       ("", ""))),
+        ("Run", _table([("created (UTC)", prov["created_utc"]), ("host", prov["hostname"])], ("", ""))),
         ("Code", code),
         ("Devices", _table(device_rows, ("", ""))),
         ("Packages", _table(list(prov["packages"].items()), ("package", "version"))),
@@ -279,13 +294,14 @@ def render_provenance_html(prov: Mapping[str, Any]) -> str:
         ("Configuration", f"<pre>{esc(yaml.safe_dump(prov['config'], sort_keys=False))}</pre>"),
     ]
     body = "".join(f"<h2>{esc(title)}</h2>{content}" for title, content in sections)
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Provenance</title>"
-            f"<style>{_CSS}</style></head><body><h1>Provenance of this run</h1>{body}"
-            f"</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Provenance</title>"
+        f"<style>{_CSS}</style></head><body><h1>Provenance of this run</h1>{body}"
+        f"</body></html>\n"
+    )
 
 
-def write_provenance(prov: Mapping[str, Any], out_json: str | os.PathLike,
-                     out_html: str | os.PathLike) -> None:
+def write_provenance(prov: Mapping[str, Any], out_json: str | os.PathLike, out_html: str | os.PathLike) -> None:
     """Write ``prov`` as indented JSON and as an HTML page, each atomically."""
     text = json.dumps(prov, indent=2, allow_nan=False) + "\n"
     page = render_provenance_html(prov)

@@ -27,6 +27,7 @@ import pandas as pd
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.images import read_image, read_instance_map
+from nudiff.io.tables import read_table
 
 SAMPLE_COLUMNS = ["sample_id", "origin", "image_file", "label_file", "index", "y", "x", "size"]
 
@@ -90,12 +91,7 @@ def write_sample_table(table: pd.DataFrame, path: str | Path) -> None:
 def read_sample_table(path: str | Path) -> pd.DataFrame:
     """Read a sample table and resolve its paths to absolute ones."""
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"sample table not found: {path}")
-    table = pd.read_csv(path)
-    missing = [c for c in SAMPLE_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputDataError(f"sample table {path} lacks columns {missing}")
+    table = read_table(path, required=SAMPLE_COLUMNS, what="sample table")
     base = path.parent.resolve()
     for column in ("image_file", "label_file"):
         table[column] = [str((base / p).resolve()) for p in table[column]]

@@ -23,6 +23,7 @@ import pandas as pd
 
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.io.atomic import atomic_path
+from nudiff.io.tables import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,22 @@ MODEL_NAMES = {"hovernet": "Hover-Net", "pffnet": "PFF-Net"}
 GROUP = ["dataset", "model", "subset", "trainset"]
 REQUIRED_COLUMNS = (*GROUP, "seed", "n_images", *METRICS)
 TABLE_COLUMNS = (
-    *GROUP, "n_seeds", "n_images", "dice_mean", "dice_std", "aji_mean", "aji_std",
-    "paper_dataset", "paper_dice", "paper_aji", "dice_diff", "aji_diff",
-    "dice_gain", "aji_gain", "paper_dice_gain", "paper_aji_gain",
+    *GROUP,
+    "n_seeds",
+    "n_images",
+    "dice_mean",
+    "dice_std",
+    "aji_mean",
+    "aji_std",
+    "paper_dataset",
+    "paper_dice",
+    "paper_aji",
+    "dice_diff",
+    "aji_diff",
+    "dice_gain",
+    "aji_gain",
+    "paper_dice_gain",
+    "paper_aji_gain",
 )
 _SUBSET = re.compile(r"^(\d+)pct$")
 
@@ -68,8 +82,7 @@ def _paper_rows() -> dict[tuple[str, str, str, str], tuple[float, float]]:
 
 
 #: (paper_dataset, model, subset, trainset) -> (dice, aji), the paper's Tables 1-2.
-PAPER_RESULTS: Mapping[tuple[str, str, str, str], tuple[float, float]] = MappingProxyType(
-    _paper_rows())
+PAPER_RESULTS: Mapping[tuple[str, str, str, str], tuple[float, float]] = MappingProxyType(_paper_rows())
 
 
 def subset_percent(subset: str) -> int:
@@ -81,17 +94,9 @@ def subset_percent(subset: str) -> int:
 
 
 def _read_metrics(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputDataError(f"{path}: metrics file not found")
-    try:
-        frame = pd.read_csv(path, dtype={c: str for c in GROUP})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"{path}: unreadable metrics CSV: {exc}") from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputDataError(f"{path}: lacks column(s) {missing}")
-    if frame.empty:
-        raise InputDataError(f"{path}: no rows")
+    frame = read_table(
+        path, required=REQUIRED_COLUMNS, what="metrics file", allow_empty=False, dtype={c: str for c in GROUP}
+    )
     bad = sorted(set(frame["trainset"]) - set(TRAINSETS))
     if bad:
         raise InputDataError(f"{path}: unknown trainset(s) {bad}; expected {TRAINSETS}")
@@ -113,20 +118,15 @@ def _read_metrics(path: Path) -> pd.DataFrame:
 def _check_mapping(datasets: Sequence[str], paper_datasets: Mapping[str, str | None]) -> None:
     for name, paper in paper_datasets.items():
         if paper is not None and paper not in PAPER_DATASETS:
-            raise ConfigError(
-                f"paper_datasets[{name!r}] = {paper!r}; expected one of {PAPER_DATASETS} or None"
-            )
+            raise ConfigError(f"paper_datasets[{name!r}] = {paper!r}; expected one of {PAPER_DATASETS} or None")
     unmapped = sorted(set(datasets) - set(paper_datasets))
     if unmapped:
         raise ConfigError(
-            f"paper_datasets has no entry for dataset(s) {unmapped}; map each to "
-            f"{PAPER_DATASETS} or None"
+            f"paper_datasets has no entry for dataset(s) {unmapped}; map each to {PAPER_DATASETS} or None"
         )
 
 
-def build_table(
-    metrics_csvs: Sequence[str | os.PathLike], *, paper_datasets: Mapping[str, str | None]
-) -> pd.DataFrame:
+def build_table(metrics_csvs: Sequence[str | os.PathLike], *, paper_datasets: Mapping[str, str | None]) -> pd.DataFrame:
     """One row per (dataset, model, subset, trainset): ours over seeds next to the paper's.
 
     Args:
@@ -172,8 +172,9 @@ def build_table(
         dataset, model, subset, trainset = key
         paper_dataset = paper_datasets[dataset]
         paper = PAPER_RESULTS.get((paper_dataset, model, subset, trainset), (np.nan, np.nan))
-        record = dict(zip(GROUP, key), n_seeds=len(group), n_images=int(group["n_images"].iloc[0]),
-                      paper_dataset=paper_dataset)
+        record = dict(
+            zip(GROUP, key), n_seeds=len(group), n_images=int(group["n_images"].iloc[0]), paper_dataset=paper_dataset
+        )
         for metric, paper_value in zip(METRICS, paper):
             record[f"{metric}_mean"] = group[metric].mean()
             record[f"{metric}_std"] = group[metric].std(ddof=1)  # NaN with one seed
@@ -201,8 +202,7 @@ def _add_gains(table: pd.DataFrame) -> None:
     index = pd.MultiIndex.from_frame(table[keys])
     is_augmented = (table["trainset"] == "augmented").to_numpy()
     for metric in METRICS:
-        for column, gain in ((f"{metric}_mean", f"{metric}_gain"),
-                             (f"paper_{metric}", f"paper_{metric}_gain")):
+        for column, gain in ((f"{metric}_mean", f"{metric}_gain"), (f"paper_{metric}", f"paper_{metric}_gain")):
             base = labelled[column].reindex(index).to_numpy()
             table[gain] = np.where(is_augmented, table[column].to_numpy() - base, np.nan)
 
@@ -244,14 +244,20 @@ def _cells(row: pd.Series | None, metric: str, with_paper: bool) -> list[tuple[s
 def _note(model: str, dataset: str, rows: pd.DataFrame) -> str:
     seeds = sorted(set(rows["n_seeds"]))
     augmented = rows[rows["trainset"] == "augmented"]
-    wins = ", ".join(f"{m} {int((augmented[f'{m}_gain'] > 0).sum())}/"
-                     f"{int(augmented[f'{m}_gain'].notna().sum())}" for m in METRICS)
+    wins = ", ".join(
+        f"{m} {int((augmented[f'{m}_gain'] > 0).sum())}/{int(augmented[f'{m}_gain'].notna().sum())}" for m in METRICS
+    )
     paper = rows["paper_dataset"].dropna().unique()
-    source = (f"paper: Table {1 + list(MODEL_NAMES).index(model)}, {_PAPER_NAMES[paper[0]]} column"
-              if len(paper) and model in MODEL_NAMES else "no paper numbers")
-    return (f"{dataset}: ours = mean{' ± std' if max(seeds) > 1 else ''} over "
-            f"{'/'.join(map(str, seeds))} seed(s), {int(rows['n_images'].iloc[0])} test images; "
-            f"{source}; augmented beats labelled (ours) on {wins} subsets")
+    source = (
+        f"paper: Table {1 + list(MODEL_NAMES).index(model)}, {_PAPER_NAMES[paper[0]]} column"
+        if len(paper) and model in MODEL_NAMES
+        else "no paper numbers"
+    )
+    return (
+        f"{dataset}: ours = mean{' ± std' if max(seeds) > 1 else ''} over "
+        f"{'/'.join(map(str, seeds))} seed(s), {int(rows['n_images'].iloc[0])} test images; "
+        f"{source}; augmented beats labelled (ours) on {wins} subsets"
+    )
 
 
 def _blocks(table: pd.DataFrame) -> list[_Block]:
@@ -259,23 +265,20 @@ def _blocks(table: pd.DataFrame) -> list[_Block]:
     for model in table["model"].unique():
         part = table[table["model"] == model]
         datasets = part["dataset"].unique().tolist()
-        with_paper = {d: part.loc[part["dataset"] == d, "paper_dataset"].notna().any()
-                      for d in datasets}
+        with_paper = {d: part.loc[part["dataset"] == d, "paper_dataset"].notna().any() for d in datasets}
         header = ["training data"]
         for dataset in datasets:
             for metric in METRICS:
                 header += [f"{dataset} {'Dice' if metric == 'dice' else 'AJI'}"]
                 header += ["paper", "diff"] if with_paper[dataset] else []
         by_key = {(r.dataset, r.subset, r.trainset): r for _, r in part.iterrows()}
-        keys = sorted({key[1:] for key in by_key},
-                      key=lambda k: (subset_percent(k[0]), TRAINSETS.index(k[1])))
+        keys = sorted({key[1:] for key in by_key}, key=lambda k: (subset_percent(k[0]), TRAINSETS.index(k[1])))
         rows, signs = [], []
         for subset, trainset in keys:
             cells = [(f"{subset_percent(subset)}% {trainset}", 0)]
             for dataset in datasets:
                 for metric in METRICS:
-                    cells += _cells(by_key.get((dataset, subset, trainset)), metric,
-                                    with_paper[dataset])
+                    cells += _cells(by_key.get((dataset, subset, trainset)), metric, with_paper[dataset])
             rows.append([text for text, _ in cells])
             signs.append([sign for _, sign in cells])
         notes = [_note(model, d, part[part["dataset"] == d]) for d in datasets]
@@ -290,8 +293,12 @@ def render_markdown(table: pd.DataFrame) -> str:
     """The table as Markdown: one block per model, the paper's row and column layout."""
     lines = [f"# {_TITLE}", "", "diff = ours - paper (Yu et al., MICCAI 2023).", ""]
     for block in _blocks(table):
-        lines += [f"## {block.model}", "", "| " + " | ".join(block.header) + " |",
-                  "|" + "|".join(["---"] + ["---:"] * (len(block.header) - 1)) + "|"]
+        lines += [
+            f"## {block.model}",
+            "",
+            "| " + " | ".join(block.header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(block.header) - 1)) + "|",
+        ]
         lines += ["| " + " | ".join(cells) + " |" for cells in block.rows]
         lines += [""] + [f"- {note}" for note in block.notes] + [""]
     return "\n".join(lines)
@@ -321,20 +328,25 @@ def render_html(table: pd.DataFrame) -> str:
     it loses; a row whose every score beats labelled gets a bold, green-edged label.
     """
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(_TITLE)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{esc(_TITLE)}</h1>",
-             "<p class='legend'>diff = ours - paper (Yu et al., MICCAI 2023). On augmented rows, "
-             "green = augmented beats labelled, red = it does not (ours); a bold green-edged row "
-             "beats labelled on every score.</p>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(_TITLE)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{esc(_TITLE)}</h1>",
+        "<p class='legend'>diff = ours - paper (Yu et al., MICCAI 2023). On augmented rows, "
+        "green = augmented beats labelled, red = it does not (ours); a bold green-edged row "
+        "beats labelled on every score.</p>",
+    ]
     for block in _blocks(table):
-        parts.append(f"<h2>{esc(block.model)}</h2><table><tr>"
-                     + "".join(f"<th>{esc(h)}</th>" for h in block.header) + "</tr>")
+        parts.append(
+            f"<h2>{esc(block.model)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in block.header) + "</tr>"
+        )
         for cells, signs in zip(block.rows, block.signs):
             scored = [s for s in signs if s != 0]
             beats = bool(scored) and all(s > 0 for s in scored)
-            parts.append(("<tr class='beats'>" if beats else "<tr>") + "".join(
-                f"<td{_CELL_CLASS.get(s, '')}>{esc(c)}</td>" for c, s in zip(cells, signs))
-                + "</tr>")
+            parts.append(
+                ("<tr class='beats'>" if beats else "<tr>")
+                + "".join(f"<td{_CELL_CLASS.get(s, '')}>{esc(c)}</td>" for c, s in zip(cells, signs))
+                + "</tr>"
+            )
         parts.append("</table><ul>" + "".join(f"<li>{esc(n)}</li>" for n in block.notes) + "</ul>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -120,11 +120,11 @@ def test_styles_differ_in_nucleus_size_shape_and_stain(default_dataset):
     for row, rgb, inst in _tiles(table):
         props = regionprops(inst)
         area.setdefault(row.style, []).extend(p.area for p in props)
-        aspect.setdefault(row.style, []).extend(
-            p.axis_major_length / max(p.axis_minor_length, 1e-6) for p in props)
+        aspect.setdefault(row.style, []).extend(p.axis_major_length / max(p.axis_minor_length, 1e-6) for p in props)
         bg_green.setdefault(row.style, []).append(rgb[inst == 0, 1].mean())
-    mean = {k: {s: float(np.mean(v[s])) for s in v} for k, v in
-            (("area", area), ("aspect", aspect), ("green", bg_green))}
+    mean = {
+        k: {s: float(np.mean(v[s])) for s in v} for k, v in (("area", area), ("aspect", aspect), ("green", bg_green))
+    }
     # design: epithelial radius 6-8.5 px vs lymphocytic 3.4-4.6 px; stromal aspect 2.5-4
     assert mean["area"]["epithelial"] > 2 * mean["area"]["lymphocytic"]
     assert mean["aspect"]["stromal"] > 1.8 > 1.4 > mean["aspect"]["lymphocytic"]
@@ -138,9 +138,13 @@ def test_rasterise_splits_overlaps_into_one_piece_per_nucleus():
     # so B wins it and cuts A into a top and a larger bottom half; A keeps only the bottom,
     # the top becomes background. C lies outside the tile with a 5 px corner inside, under
     # the minimum area: dropped.
-    nuclei = np.array([[20.5, 20.5, 10.0, 10.0, 0.0],    # A
-                       [20.0, 20.5, 15.0, 2.0, 0.0],     # B
-                       [-4.0, 60.0, 5.0, 5.0, 0.0]])     # C
+    nuclei = np.array(
+        [
+            [20.5, 20.5, 10.0, 10.0, 0.0],  # A
+            [20.0, 20.5, 15.0, 2.0, 0.0],  # B
+            [-4.0, 60.0, 5.0, 5.0, 0.0],
+        ]
+    )  # C
     inst, rho = demo._rasterise(np.random.default_rng(0), 64, nuclei, irregularity=0.0)
     assert set(np.unique(inst)) == {0, 1, 2}
     for k in (1, 2):
@@ -169,8 +173,12 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "kwargs, bad",
-    [({"image_size": 32}, "image_size=32"), ({"n_train": -1}, "n_train=-1"),
-     ({"styles": ("lymphocytic", "glial")}, "glial"), ({"n_train": 0, "n_test": 0}, "n_test")],
+    [
+        ({"image_size": 32}, "image_size=32"),
+        ({"n_train": -1}, "n_train=-1"),
+        ({"styles": ("lymphocytic", "glial")}, "glial"),
+        ({"n_train": 0, "n_test": 0}, "n_test"),
+    ],
 )
 def test_bad_arguments_name_the_value(tmp_path, kwargs, bad):
     with pytest.raises(ValueError, match=bad):

@@ -9,7 +9,14 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from nudiff.diffusion import UNet, UNetConfig, guided_eps, l_simple, linear_schedule, sample
+from nudiff.diffusion import (
+    UNet,
+    UNetConfig,
+    guided_eps,
+    l_simple,
+    linear_schedule,
+    sample,
+)
 from nudiff.diffusion.samplers import per_sample_noise
 
 TINY = dict(channels=(16, 32), res_blocks=1, attention_levels=(1,), head_channels=16, groups=8)
@@ -96,9 +103,7 @@ def test_q_sample_rejects_bad_t():
 # --- the paper's ancestral step (eq. 5) against diffusers ------------------------------
 
 
-@pytest.mark.parametrize(
-    "variance, variance_type", [("posterior", "fixed_small"), ("beta", "fixed_large")]
-)
+@pytest.mark.parametrize("variance, variance_type", [("posterior", "fixed_small"), ("beta", "fixed_large")])
 @pytest.mark.parametrize("t", [0, 1, 250, 999])
 def test_ddpm_step_matches_diffusers(variance, variance_type, t):
     ref = DDPMScheduler(
@@ -227,8 +232,14 @@ def gaussian_eps_fn(s: float):
 def test_ddpm_sampler_recovers_gaussian_data():
     s, shape = 0.5, (16, 1, 16, 16)
     res = sample(
-        gaussian_eps_fn(s), shape, SCHEDULE, sampler="ddpm", steps=1000,
-        generators=gens(*range(16)), device="cpu", clip_denoised=False,
+        gaussian_eps_fn(s),
+        shape,
+        SCHEDULE,
+        sampler="ddpm",
+        steps=1000,
+        generators=gens(*range(16)),
+        device="cpu",
+        clip_denoised=False,
     )
     n = res.x0.numel()
     assert res.n_evals == 1000
@@ -247,8 +258,14 @@ def test_deterministic_samplers_follow_the_exact_ode(sampler, steps, rtol):
     a_T = SCHEDULE.alphas_cumprod[-1].item()
     exact = per_sample_noise(shape, gens(*range(4)), "cpu") * s / math.sqrt(a_T * s**2 + 1 - a_T)
     res = sample(
-        gaussian_eps_fn(s), shape, SCHEDULE, sampler=sampler, steps=steps,
-        generators=gens(*range(4)), device="cpu", clip_denoised=False,
+        gaussian_eps_fn(s),
+        shape,
+        SCHEDULE,
+        sampler=sampler,
+        steps=steps,
+        generators=gens(*range(4)),
+        device="cpu",
+        clip_denoised=False,
     )
     assert res.n_evals == steps
     assert torch.allclose(res.x0, exact, rtol=rtol, atol=1e-6)
@@ -331,8 +348,17 @@ def test_respaced_ddpm_brackets_and_converges_to_the_data_spread():
     s, shape = 0.5, (16, 1, 16, 16)
 
     def spread(steps, variance):
-        res = sample(gaussian_eps_fn(s), shape, SCHEDULE, sampler="ddpm", steps=steps, variance=variance,
-                     generators=gens(*range(16)), device="cpu", clip_denoised=False)
+        res = sample(
+            gaussian_eps_fn(s),
+            shape,
+            SCHEDULE,
+            sampler="ddpm",
+            steps=steps,
+            variance=variance,
+            generators=gens(*range(16)),
+            device="cpu",
+            clip_denoised=False,
+        )
         assert res.n_evals == steps
         return res.x0.std().item()
 

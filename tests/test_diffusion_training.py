@@ -8,20 +8,44 @@ import pytest
 import torch
 
 import nudiff.diffusion.training as training
-from nudiff.diffusion.training import dihedral, load_diffusion_model, train_diffusion_model
+from nudiff.diffusion.training import (
+    dihedral,
+    load_diffusion_model,
+    train_diffusion_model,
+)
 from nudiff.errors import ConfigError
 from nudiff.training.loop import TrainingInterrupted
 
-TINY_NET = {"channels": [8, 16], "res_blocks": 1, "attention_levels": [1], "head_channels": 8, "groups": 4,
-            "spade_hidden_channels": 8}
-TINY_TRAINING = {"iterations": 6, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "ema_decay": 0.9,
-                 "checkpoint_every": 2, "log_every": 2, "seed": 0}
+TINY_NET = {
+    "channels": [8, 16],
+    "res_blocks": 1,
+    "attention_levels": [1],
+    "head_channels": 8,
+    "groups": 4,
+    "spade_hidden_channels": 8,
+}
+TINY_TRAINING = {
+    "iterations": 6,
+    "batch_size": 2,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "ema_decay": 0.9,
+    "checkpoint_every": 2,
+    "log_every": 2,
+    "seed": 0,
+}
 
 
 def train(kind, labelled, out_dir, **extra):
     return train_diffusion_model(
-        kind, labelled, out_dir / f"{kind}.pt", network=TINY_NET, training={**TINY_TRAINING, **extra},
-        schedule={"timesteps": 50}, checkpoint_dir=out_dir / "ckpt", loss_csv=out_dir / "loss.csv",
+        kind,
+        labelled,
+        out_dir / f"{kind}.pt",
+        network=TINY_NET,
+        training={**TINY_TRAINING, **extra},
+        schedule={"timesteps": 50},
+        checkpoint_dir=out_dir / "ckpt",
+        loss_csv=out_dir / "loss.csv",
         loss_png=out_dir / "loss.png",
     )
 

@@ -14,7 +14,12 @@ from nudiff.datasets.demo import generate_demo_dataset
 from nudiff.datasets.prepare import prepare_dataset, read_manifest
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import InputDataError
-from nudiff.evaluation import METRICS, score_predictions, segment_test_images, summarize_scores
+from nudiff.evaluation import (
+    METRICS,
+    score_predictions,
+    segment_test_images,
+    summarize_scores,
+)
 from nudiff.io.images import read_instance_map, write_instance_map
 from nudiff.patches import build_patch_index
 from nudiff.samples import real_samples, write_sample_table
@@ -40,8 +45,13 @@ def model_file(prepared, tmp_path_factory):
     manifest = read_manifest(prepared / "manifest.csv")
     write_sample_table(real_samples(build_patch_index(manifest, size=32, stride=32), manifest), root / "s.csv")
     config = HoVerNetConfig.scaled(1 / 8, encoder_blocks=(1, 1, 1, 1), same_padding=True, decoder_units=(2, 1))
-    train_segmenter(root / "s.csv", root / "model.pt", network=config.to_dict(), checkpoint_dir=root / "ckpt",
-                    training={"iterations": 2, "batch_size": 2, "val_fraction": 0.0, "watershed": {"min_object_size": 3}})
+    train_segmenter(
+        root / "s.csv",
+        root / "model.pt",
+        network=config.to_dict(),
+        checkpoint_dir=root / "ckpt",
+        training={"iterations": 2, "batch_size": 2, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
+    )
     return root / "model.pt"
 
 
@@ -105,8 +115,10 @@ def test_a_missing_prediction_is_named_and_nothing_is_written(prepared, tmp_path
 
 
 def _per_image(path, seed, values):
-    rows = [{"name": f"img{i}", **LABELS, "seed": seed, **{m: v for m in METRICS}, "n_true": 3, "n_pred": 2}
-            for i, v in enumerate(values)]
+    rows = [
+        {"name": f"img{i}", **LABELS, "seed": seed, **{m: v for m in METRICS}, "n_true": 3, "n_pred": 2}
+        for i, v in enumerate(values)
+    ]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
 

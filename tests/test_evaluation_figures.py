@@ -41,8 +41,7 @@ def prepared(tmp_path_factory):
     dilated.mkdir()
     for _, row in manifest[manifest["split"] == "test"].iterrows():
         truth = read_instance_map(row["label"])
-        write_instance_map(eroded / f"{row['name']}.tif",
-                           np.where(ndi.grey_erosion(truth, size=3) == truth, truth, 0))
+        write_instance_map(eroded / f"{row['name']}.tif", np.where(ndi.grey_erosion(truth, size=3) == truth, truth, 0))
         write_instance_map(dilated / f"{row['name']}.tif", ndi.grey_dilation(truth, size=3))
     return root, {"labelled": eroded, "augmented": dilated}
 
@@ -51,11 +50,21 @@ def _per_image_rows(subset="10pct"):
     rng = np.random.default_rng(0)
     names = [f"TCGA-{i:02d}-0000-01Z-00-DX1" for i in range(14)]
     return [
-        {"dataset": "monuseg", "subset": subset, "model": model, "trainset": trainset,
-         "seed": seed, "name": name, "n_images": 14, "dice": rng.uniform(0.7, 0.85),
-         "aji": rng.uniform(0.5, 0.7)}
-        for model in ("hovernet", "pffnet") for trainset in ("labelled", "augmented")
-        for seed in (0, 1) for name in names
+        {
+            "dataset": "monuseg",
+            "subset": subset,
+            "model": model,
+            "trainset": trainset,
+            "seed": seed,
+            "name": name,
+            "n_images": 14,
+            "dice": rng.uniform(0.7, 0.85),
+            "aji": rng.uniform(0.5, 0.7),
+        }
+        for model in ("hovernet", "pffnet")
+        for trainset in ("labelled", "augmented")
+        for seed in (0, 1)
+        for name in names
     ]
 
 
@@ -106,7 +115,7 @@ def test_crop_window_finds_the_nuclei():
     # four centres (start <= 83, start + 20 > 93) starts at 75.
     label = np.zeros((100, 100), np.int32)
     for k, (y, x) in enumerate([(82, 82), (82, 92), (92, 82), (92, 92), (5, 5)], start=1):
-        label[y:y + 3, x:x + 3] = k
+        label[y : y + 3, x : x + 3] = k
     rows, cols = _crop_window(label, 20)
     assert (rows.start, rows.stop, cols.start, cols.stop) == (75, 95, 75, 95)
     # No crop, or a crop larger than the image: the whole image.
@@ -116,10 +125,20 @@ def test_crop_window_finds_the_nuclei():
 
 def test_table_bars_written_and_bad_table_rejected(tmp_path):
     rows = [
-        {"dataset": d, "subset": s, "model": m, "trainset": t, "seed": seed, "n_images": 14,
-         "dice": 0.75 + 0.01 * seed + (0.02 if t == "augmented" else 0), "aji": 0.6}
-        for d in ("monuseg", "demo") for m in ("hovernet", "pffnet")
-        for s in ("10pct", "20pct", "50pct", "100pct") for t in ("labelled", "augmented")
+        {
+            "dataset": d,
+            "subset": s,
+            "model": m,
+            "trainset": t,
+            "seed": seed,
+            "n_images": 14,
+            "dice": 0.75 + 0.01 * seed + (0.02 if t == "augmented" else 0),
+            "aji": 0.6,
+        }
+        for d in ("monuseg", "demo")
+        for m in ("hovernet", "pffnet")
+        for s in ("10pct", "20pct", "50pct", "100pct")
+        for t in ("labelled", "augmented")
         for seed in (0, 1)
     ]
     csv = tmp_path / "metrics.csv"

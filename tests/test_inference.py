@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from nudiff.segmentation import HoVerNet, HoVerNetConfig
-from nudiff.segmentation.inference import predict_instances, predict_structure, tile_geometry
+from nudiff.segmentation.inference import (
+    predict_instances,
+    predict_structure,
+    tile_geometry,
+)
 from nudiff.structure import HORIZONTAL, SEMANTIC, VERTICAL
 
 torch.set_num_threads(1)
@@ -66,7 +70,9 @@ def test_tiled_equals_one_pass_over_the_padded_image():
 def test_an_image_that_fits_one_tile_is_one_pass():
     model = build(SHALLOW)
     rgb = image(64, 64, seed=1)
-    np.testing.assert_allclose(predict_structure(model, rgb, tile=64, margin=0), direct(model, rgb), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        predict_structure(model, rgb, tile=64, margin=0), direct(model, rgb), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_valid_padding_model_uses_hovernets_mirror_padding():

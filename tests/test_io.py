@@ -13,7 +13,12 @@ from PIL import Image
 from skimage.segmentation import relabel_sequential
 
 from nudiff.errors import InputDataError
-from nudiff.io.images import read_image, read_instance_map, write_image, write_instance_map
+from nudiff.io.images import (
+    read_image,
+    read_instance_map,
+    write_image,
+    write_instance_map,
+)
 from nudiff.io.kumar import read_kumar_mat
 from nudiff.io.monuseg import read_monuseg_xml
 
@@ -71,15 +76,15 @@ def test_read_image_drops_alpha_and_reads_png(tmp_path):
 
 def test_read_image_planar_separate_tiff(tmp_path):
     rgb = _rgb()
-    tifffile.imwrite(tmp_path / "p.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
-                     planarconfig="separate")
+    tifffile.imwrite(tmp_path / "p.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
     np.testing.assert_array_equal(read_image(tmp_path / "p.tif"), rgb)
 
 
 def test_read_image_rejects_grey_and_two_channels(tmp_path):
     tifffile.imwrite(tmp_path / "grey.tif", np.zeros((8, 8), np.uint8))
-    tifffile.imwrite(tmp_path / "two.tif", np.zeros((8, 8, 2), np.uint8), photometric="minisblack",
-                     planarconfig="contig")
+    tifffile.imwrite(
+        tmp_path / "two.tif", np.zeros((8, 8, 2), np.uint8), photometric="minisblack", planarconfig="contig"
+    )
     for name in ("grey.tif", "two.tif"):
         with pytest.raises(InputDataError, match=name):
             read_image(tmp_path / name)
@@ -154,8 +159,7 @@ def test_read_instance_map_types(tmp_path):
     tifffile.imwrite(tmp_path / "float.tif", np.zeros((2, 2), np.float32))
     tifffile.imwrite(tmp_path / "neg.tif", np.array([[0, -1]], np.int16))
     tifffile.imwrite(tmp_path / "rgb.tif", _rgb(), photometric="rgb")
-    for name, why in [("big", "int32"), ("float", "integers"), ("neg", "negative"),
-                      ("rgb", "single-channel")]:
+    for name, why in [("big", "int32"), ("float", "integers"), ("neg", "negative"), ("rgb", "single-channel")]:
         with pytest.raises(InputDataError, match=f"{name}.tif.*{why}"):
             read_instance_map(tmp_path / f"{name}.tif")
     with pytest.raises(ValueError):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from nudiff.datasets.prepare import read_manifest
-from nudiff.patches import build_patch_index, grid_starts, patch_grid, read_patch_index, write_patch_index
+from nudiff.patches import (
+    build_patch_index,
+    grid_starts,
+    patch_grid,
+    read_patch_index,
+    write_patch_index,
+)
 
 
 def test_a_1000_pixel_axis_gives_seven_starts_the_last_on_the_border():

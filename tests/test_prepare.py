@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -41,8 +42,7 @@ def _label(shape=(10, 12)) -> np.ndarray:
 def _tif(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = array.ndim == 3
-    tifffile.imwrite(path, array, photometric="rgb" if rgb else None,
-                     compression="lzw" if rgb else "zlib")
+    tifffile.imwrite(path, array, photometric="rgb" if rgb else None, compression="lzw" if rgb else "zlib")
     return path
 
 
@@ -83,7 +83,9 @@ def test_monuseg_three_layouts_detected(tmp_path):
     _copy(CROP_XML, root / "train" / "Annotations" / "r1.xml")
     items = list_source_items("monuseg", root)
     assert [(i.split, i.name, i.label_kind) for i in items] == [
-        ("train", "r1", "monuseg_xml"), ("test", "t1", "monuseg_xml")]
+        ("train", "r1", "monuseg_xml"),
+        ("test", "t1", "monuseg_xml"),
+    ]
     assert items[0].label_path == root.absolute() / "train" / "Annotations" / "r1.xml"
     assert items[1].image_path == root.absolute() / "test" / "t1.tif"
 
@@ -110,7 +112,10 @@ def test_kumar_layout(tmp_path):
         scipy.io.savemat(labels / f"{name}.mat", {"inst_map": _label().astype(float)})
     items = list_source_items("kumar", tmp_path)
     assert [(i.split, i.name, i.label_kind) for i in items] == [
-        ("train", "k0", "kumar_mat"), ("train", "k1", "kumar_mat"), ("test", "k2", "kumar_mat")]
+        ("train", "k0", "kumar_mat"),
+        ("train", "k1", "kumar_mat"),
+        ("test", "k2", "kumar_mat"),
+    ]
     assert items[2].label_path.name == "k2.mat"
 
 
@@ -121,7 +126,7 @@ def test_folder_layout_sorted_and_deterministic(tmp_path):
     assert [(i.split, i.name) for i in items] == [("train", "a"), ("train", "b"), ("test", "c")]
     assert all(i.label_kind == "instance_map" and i.image_path.is_absolute() for i in items)
     assert items == list_source_items("folder", root)
-    with pytest.raises(Exception):  # frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
         items[0].name = "z"  # type: ignore[misc]
 
 

@@ -33,10 +33,21 @@ CONFIG = {
 
 
 def _manifest(path, rows):
-    columns = ["name", "split", "height", "width", "n_nuclei", "image", "label",
-               "source_image", "source_label", "source_sha256"]
-    full = [[n, s, 8, 8, 1, f"images/{n}.png", f"labels/{n}.tif", f"/src/{n}.tif",
-             f"/src/{n}.xml", h] for n, s, h in rows]
+    columns = [
+        "name",
+        "split",
+        "height",
+        "width",
+        "n_nuclei",
+        "image",
+        "label",
+        "source_image",
+        "source_label",
+        "source_sha256",
+    ]
+    full = [
+        [n, s, 8, 8, 1, f"images/{n}.png", f"labels/{n}.tif", f"/src/{n}.tif", f"/src/{n}.xml", h] for n, s, h in rows
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(full, columns=columns).to_csv(path, index=False)
     return path
@@ -61,8 +72,13 @@ def test_checksums_known_digest_and_order_independent(tmp_path):
     lines = f"a\ttrain\t{'11' * 32}\nb\ttest\t{'22' * 32}\nc\ttrain\t{'33' * 32}\n"
     assert first["combined_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
     assert [i["name"] for i in first["images"]] == ["a", "b", "c"]
-    assert first["images"][1] == {"name": "b", "split": "test", "sha256": "22" * 32,
-                                  "source_image": "/src/b.tif", "source_label": "/src/b.xml"}
+    assert first["images"][1] == {
+        "name": "b",
+        "split": "test",
+        "sha256": "22" * 32,
+        "source_image": "/src/b.tif",
+        "source_label": "/src/b.xml",
+    }
     # Same rows in another order, given as the folder: same digest.
     shuffled = manifest_checksums(_manifest(tmp_path / "two" / "manifest.csv", ROWS[::-1]).parent)
     assert shuffled["combined_sha256"] == first["combined_sha256"]
@@ -75,8 +91,7 @@ def test_collect_provenance_keys_and_values(tmp_path):
     manifest = _manifest(tmp_path / "prepared" / "manifest.csv", ROWS)
     config = {**CONFIG, "patches": {"size": np.int64(64)}}
     prov = collect_provenance(config=config, manifests={"demo": manifest}, repo_dir=tmp_path)
-    assert set(prov) == {"created_utc", "hostname", "git", "packages", "devices", "seeds",
-                         "data", "config"}
+    assert set(prov) == {"created_utc", "hostname", "git", "packages", "devices", "seeds", "data", "config"}
     assert prov["created_utc"].endswith("+00:00")
     assert prov["seeds"]["selection.seed"] == 42
     size = prov["config"]["patches"]["size"]  # numpy int64 in, plain int out
@@ -109,9 +124,12 @@ def test_git_state_outside_repo_does_not_fail(tmp_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 def test_git_state_commit_and_dirty(tmp_path):
     def git(*args):
-        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t",
-                               "-c", "user.email=t@example.org", *args],
-                              check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org", *args],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     git("init", "-q")
     (tmp_path / "a.txt").write_text("one\n")
@@ -130,9 +148,15 @@ def test_record_provenance_writes_json_and_html(tmp_path):
     prov = record_provenance(CONFIG, {"demo": manifest}, tmp_path, out / "p.json", out / "p.html")
     assert json.loads((out / "p.json").read_text())["seeds"] == prov["seeds"]
     page = (out / "p.html").read_text()
-    for text in ("<h2>Seeds</h2>", "<h2>Input data</h2>", "<h2>Packages</h2>",
-                 prov["data"]["demo"]["combined_sha256"], "selection.seed", "n_clusters: 6",
-                 "11" * 32):
+    for text in (
+        "<h2>Seeds</h2>",
+        "<h2>Input data</h2>",
+        "<h2>Packages</h2>",
+        prov["data"]["demo"]["combined_sha256"],
+        "selection.seed",
+        "n_clusters: 6",
+        "11" * 32,
+    ):
         assert text in page, text
 
 

@@ -62,6 +62,7 @@ def painted(inst: np.ndarray) -> np.ndarray:
 
 # --- instance statistics -------------------------------------------------------------------
 
+
 def test_square_has_area_25_eccentricity_0_solidity_1():
     inst = np.zeros((20, 20), np.int32)
     inst[5:10, 5:10] = 7  # any id
@@ -116,6 +117,7 @@ def test_bad_instance_maps_are_rejected(bad):
 
 # --- comparison ----------------------------------------------------------------------------
 
+
 def test_identical_sets_have_zero_distance():
     maps = [rectangles([3, 5]), rectangles([8]), discs([(20, 20), (45, 40)])]
     table = compare_instance_statistics(maps, {"same": [m.copy() for m in maps]})
@@ -153,6 +155,7 @@ def test_synthetic_sets_are_checked(synthetic):
 
 
 # --- colour agreement ----------------------------------------------------------------------
+
 
 def test_purple_nuclei_on_pink_agree_with_their_map():
     inst = discs([(15, 15), (40, 20), (30, 48), (52, 50)])
@@ -212,6 +215,7 @@ def test_agreement_table_puts_real_first():
 
 # --- figures and rule entry points ---------------------------------------------------------
 
+
 def demo_pairs(n: int, seed: int, size: int = 64):
     rng = np.random.default_rng(seed)
     rgb, inst = zip(*[generate_demo_tile(rng, size, ("lymphocytic", "epithelial")[i % 2]) for i in range(n)])
@@ -230,9 +234,20 @@ def labelled_csv(tmp_path: Path) -> Path:
     rgb, inst = generate_demo_tile(np.random.default_rng(5), 128, "epithelial")
     write_image(tmp_path / "prepared" / "img.png", rgb)
     write_instance_map(tmp_path / "prepared" / "img.tif", inst)
-    rows = [{"sample_id": f"img_y{y}_x{x}", "origin": "real", "image_file": str(tmp_path / "prepared" / "img.png"),
-             "label_file": str(tmp_path / "prepared" / "img.tif"), "index": -1, "y": y, "x": x, "size": 64}
-            for y in (0, 64) for x in (0, 64)]
+    rows = [
+        {
+            "sample_id": f"img_y{y}_x{x}",
+            "origin": "real",
+            "image_file": str(tmp_path / "prepared" / "img.png"),
+            "label_file": str(tmp_path / "prepared" / "img.tif"),
+            "index": -1,
+            "y": y,
+            "x": x,
+            "size": 64,
+        }
+        for y in (0, 64)
+        for x in (0, 64)
+    ]
     path = tmp_path / "subset" / "labelled.csv"
     write_sample_table(pd.DataFrame(rows, columns=SAMPLE_COLUMNS), path)
     return path
@@ -261,15 +276,21 @@ def test_bad_figure_input_writes_nothing(tmp_path: Path):
 
 def outputs(tmp_path: Path, tag: str = "") -> dict[str, Path]:
     folder = tmp_path / f"out{tag}"
-    return {"out_stats_csv": folder / "stats.csv", "out_agreement_csv": folder / "agree.csv",
-            "out_stats_png": folder / "stats.png", "out_samples_png": folder / "samples.png"}
+    return {
+        "out_stats_csv": folder / "stats.csv",
+        "out_agreement_csv": folder / "agree.csv",
+        "out_stats_png": folder / "stats.png",
+        "out_samples_png": folder / "samples.png",
+    }
 
 
 def test_assess_synthetic_pairs(tmp_path: Path, labelled_csv: Path):
     rgb, inst = demo_pairs(6, seed=1)
-    shards = [write_pair_shard(tmp_path / "s0.npz", rgb[:3], inst[:3]),
-              write_pair_shard(tmp_path / "empty.npz", rgb[:0], inst[:0]),  # every structure was empty
-              write_pair_shard(tmp_path / "s1.npz", rgb[3:], inst[3:])]
+    shards = [
+        write_pair_shard(tmp_path / "s0.npz", rgb[:3], inst[:3]),
+        write_pair_shard(tmp_path / "empty.npz", rgb[:0], inst[:0]),  # every structure was empty
+        write_pair_shard(tmp_path / "s1.npz", rgb[3:], inst[3:]),
+    ]
     stats, agreement = assess_synthetic_pairs(labelled_csv, shards, seed=0, n_shown=3, **outputs(tmp_path))
     assert all(p.stat().st_size > 0 for p in outputs(tmp_path).values())
     # columns: set, statistic, 4 real and 4 synthetic summaries, 3 distances
@@ -296,8 +317,9 @@ def test_assess_synthetic_pairs_bad_input_writes_nothing(tmp_path: Path, labelle
     with pytest.raises(InputDataError, match="no synthetic pair"):
         assess_synthetic_pairs(labelled_csv, [empty], seed=0, **outputs(tmp_path))
     with pytest.raises(InputDataError, match="differ"):
-        assess_synthetic_pairs(labelled_csv, [write_pair_shard(tmp_path / "big.npz", big_rgb, big_inst)],
-                               seed=0, **outputs(tmp_path))
+        assess_synthetic_pairs(
+            labelled_csv, [write_pair_shard(tmp_path / "big.npz", big_rgb, big_inst)], seed=0, **outputs(tmp_path)
+        )
     np.savez(tmp_path / "no_images.npz", instances=inst)
     with pytest.raises(InputDataError, match="no_images.npz"):
         assess_synthetic_pairs(labelled_csv, [tmp_path / "no_images.npz"], seed=0, **outputs(tmp_path))
@@ -308,10 +330,19 @@ def test_compare_samplers(tmp_path: Path, labelled_csv: Path):
     _, inst = demo_pairs(4, seed=2)
     blank = np.zeros((2, 64, 64), np.int32)  # structures without nuclei still count as patches
     for name, maps in (("ddpm", inst), ("fast", np.concatenate([inst[:2], blank]))):
-        np.savez_compressed(tmp_path / f"{name}.npz", sample_index=np.arange(4), instances=maps,
-                            structures=np.zeros(maps.shape + (3,), np.float32), n_nuclei=maps.reshape(4, -1).max(1))
-    table = compare_samplers(labelled_csv, {"ddpm-1000": [tmp_path / "ddpm.npz"], "ddim-50": [tmp_path / "fast.npz"]},
-                             out_csv=tmp_path / "out" / "samplers.csv", out_png=tmp_path / "out" / "samplers.png")
+        np.savez_compressed(
+            tmp_path / f"{name}.npz",
+            sample_index=np.arange(4),
+            instances=maps,
+            structures=np.zeros(maps.shape + (3,), np.float32),
+            n_nuclei=maps.reshape(4, -1).max(1),
+        )
+    table = compare_samplers(
+        labelled_csv,
+        {"ddpm-1000": [tmp_path / "ddpm.npz"], "ddim-50": [tmp_path / "fast.npz"]},
+        out_csv=tmp_path / "out" / "samplers.csv",
+        out_png=tmp_path / "out" / "samplers.png",
+    )
     assert (tmp_path / "out" / "samplers.png").stat().st_size > 20_000
     assert table["set"].unique().tolist() == ["ddpm-1000", "ddim-50"]
     counts = table[table["statistic"] == "nuclei_per_patch"].set_index("set")

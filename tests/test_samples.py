@@ -9,7 +9,13 @@ from nudiff.datasets.prepare import read_manifest
 from nudiff.errors import InputDataError
 from nudiff.io.images import read_image, read_instance_map
 from nudiff.patches import build_patch_index
-from nudiff.samples import SampleReader, read_sample_table, real_samples, synthetic_samples, write_sample_table
+from nudiff.samples import (
+    SampleReader,
+    read_sample_table,
+    real_samples,
+    synthetic_samples,
+    write_sample_table,
+)
 
 
 def test_real_rows_crop_the_prepared_images(tiny_prepared, tmp_path):

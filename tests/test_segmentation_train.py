@@ -17,7 +17,12 @@ from nudiff.samples import SAMPLE_COLUMNS, write_sample_table
 from nudiff.segmentation import HoVerNet, HoVerNetConfig
 from nudiff.segmentation import train as train_module
 from nudiff.segmentation.augment import augment_pair, colour_jitter
-from nudiff.segmentation.train import PhaseSchedule, SegmenterTraining, load_segmenter, train_segmenter
+from nudiff.segmentation.train import (
+    PhaseSchedule,
+    SegmenterTraining,
+    load_segmenter,
+    train_segmenter,
+)
 from nudiff.segmentation.validation import BestWeights, split_validation
 from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
 from nudiff.training.loop import TrainingInterrupted
@@ -54,24 +59,50 @@ def sample_table(tmp_path, n_images: int = 3, size: int = 64, patch: int = 32, s
         write_instance_map(label, inst)
         for y in range(0, size - patch + 1, stride):
             for x in range(0, size - patch + 1, stride):
-                rows.append({"sample_id": f"img{i}_y{y}_x{x}", "origin": "real", "image_file": str(image),
-                             "label_file": str(label), "index": -1, "y": y, "x": x, "size": patch})
+                rows.append(
+                    {
+                        "sample_id": f"img{i}_y{y}_x{x}",
+                        "origin": "real",
+                        "image_file": str(image),
+                        "label_file": str(label),
+                        "index": -1,
+                        "y": y,
+                        "x": x,
+                        "size": patch,
+                    }
+                )
     path = tmp_path / "samples.csv"
     write_sample_table(pd.DataFrame(rows, columns=SAMPLE_COLUMNS), path)
     return path
 
 
 def settings(**changes):
-    base = {"iterations": 6, "batch_size": 4, "lr": 1e-3, "lr_decay_at": None, "validate_every": 2,
-            "val_fraction": 0.34, "checkpoint_every": 2, "log_every": 2, "seed": 0,
-            "watershed": {"min_object_size": 5, "min_marker_size": 2}}
+    base = {
+        "iterations": 6,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "lr_decay_at": None,
+        "validate_every": 2,
+        "val_fraction": 0.34,
+        "checkpoint_every": 2,
+        "log_every": 2,
+        "seed": 0,
+        "watershed": {"min_object_size": 5, "min_marker_size": 2},
+    }
     return {**base, **changes}
 
 
 def run(tmp_path, samples, name, **changes):
-    return train_segmenter(samples, tmp_path / f"{name}.pt", network=TINY.to_dict(), training=settings(**changes),
-                           checkpoint_dir=tmp_path / f"ckpt_{name}", loss_csv=tmp_path / f"{name}_loss.csv",
-                           validation_csv=tmp_path / f"{name}_val.csv", loss_png=tmp_path / f"{name}.png")
+    return train_segmenter(
+        samples,
+        tmp_path / f"{name}.pt",
+        network=TINY.to_dict(),
+        training=settings(**changes),
+        checkpoint_dir=tmp_path / f"ckpt_{name}",
+        loss_csv=tmp_path / f"{name}_loss.csv",
+        validation_csv=tmp_path / f"{name}_val.csv",
+        loss_png=tmp_path / f"{name}.png",
+    )
 
 
 # ---------------------------------------------------------------- augmentation
@@ -125,8 +156,11 @@ def test_colour_operations_have_their_known_effects():
 
 
 def _table(sources: dict[str, int], synthetic: int = 0) -> pd.DataFrame:
-    rows = [{"origin": "real", "image_file": name, "y": 16 * i, "x": 0, "size": 32}
-            for name, n in sources.items() for i in range(n)]
+    rows = [
+        {"origin": "real", "image_file": name, "y": 16 * i, "x": 0, "size": 32}
+        for name, n in sources.items()
+        for i in range(n)
+    ]
     rows += [{"origin": "synthetic", "image_file": "shard.npz", "y": 0, "x": 0, "size": 32}] * synthetic
     return pd.DataFrame(rows)
 
@@ -153,8 +187,13 @@ def test_two_source_images_still_give_one_for_validation():
 
 def test_one_source_image_drops_training_patches_that_overlap_validation():
     # a 4 x 4 grid of 32-px patches at stride 16 over one 80x80 image
-    table = pd.DataFrame([{"origin": "real", "image_file": "a", "y": y, "x": x, "size": 32}
-                          for y in range(0, 49, 16) for x in range(0, 49, 16)])
+    table = pd.DataFrame(
+        [
+            {"origin": "real", "image_file": "a", "y": y, "x": x, "size": 32}
+            for y in range(0, 49, 16)
+            for x in range(0, 49, 16)
+        ]
+    )
     train, val = split_validation(table, val_fraction=0.25, seed=3)
     assert len(val) == 4 and len(train) > 0
     for i in train:
@@ -281,8 +320,13 @@ def test_bad_settings_and_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match="unknown"):
         run(tmp_path, samples, "x", learning_rate=1.0)
     with pytest.raises(ConfigError, match="network"):
-        train_segmenter(samples, tmp_path / "x.pt", network={**TINY.to_dict(), "depth": 3}, training=settings(),
-                        checkpoint_dir=tmp_path / "c")
+        train_segmenter(
+            samples,
+            tmp_path / "x.pt",
+            network={**TINY.to_dict(), "depth": 3},
+            training=settings(),
+            checkpoint_dir=tmp_path / "c",
+        )
     save_state(tmp_path / "other.pt", {"model": "pffnet"})
     with pytest.raises(InputDataError, match="other.pt"):
         load_segmenter(tmp_path / "other.pt")

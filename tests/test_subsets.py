@@ -17,8 +17,9 @@ def keys(*ids, image=0):
 
 def test_nearest_patches_of_each_cluster_are_taken_first():
     # two clusters of 4 patches; each patch holds one nucleus of its own
-    clustering = Clustering(labels=np.array([0, 0, 0, 0, 1, 1, 1, 1]),
-                            distances=np.array([4.0, 1.0, 3.0, 2.0, 0.5, 0.1, 0.3, 0.2]))
+    clustering = Clustering(
+        labels=np.array([0, 0, 0, 0, 1, 1, 1, 1]), distances=np.array([4.0, 1.0, 3.0, 2.0, 0.5, 0.1, 0.3, 0.2])
+    )
     nuclei = [keys(i + 1) for i in range(8)]
     chosen, summary = select_subset(clustering, nuclei, 0.25)
     # p = 1/4 keeps the nearest patch of each cluster: 1 (d 1.0) and 5 (d 0.1) -> 2 of 8 nuclei

@@ -15,8 +15,14 @@ from nudiff.diffusion.synthesis import (
 from nudiff.diffusion.training import train_diffusion_model
 from nudiff.samples import SampleReader, read_sample_table
 
-NET = {"channels": [8, 16], "res_blocks": 1, "attention_levels": [1], "head_channels": 8, "groups": 4,
-       "spade_hidden_channels": 8}
+NET = {
+    "channels": [8, 16],
+    "res_blocks": 1,
+    "attention_levels": [1],
+    "head_channels": 8,
+    "groups": 4,
+    "spade_hidden_channels": 8,
+}
 TRAINING = {"iterations": 3, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "ema_decay": 0.9, "seed": 0}
 SAMPLING = SamplingSettings(sampler="ddim", steps=5, batch_size=2, seed=7)
 # A watershed that keeps tiny objects, so an untrained model still yields some nuclei.
@@ -27,8 +33,15 @@ WATERSHED = {"min_object_size": 0, "min_marker_size": 0, "opening_size": 1}
 def models(tmp_path_factory, tiny_labelled_csv):
     root = tmp_path_factory.mktemp("models")
     for kind in ("structure", "image"):
-        train_diffusion_model(kind, tiny_labelled_csv, root / f"{kind}.pt", network=NET, training=TRAINING,
-                              schedule={"timesteps": 20}, checkpoint_dir=root / f"ckpt_{kind}")
+        train_diffusion_model(
+            kind,
+            tiny_labelled_csv,
+            root / f"{kind}.pt",
+            network=NET,
+            training=TRAINING,
+            schedule={"timesteps": 20},
+            checkpoint_dir=root / f"ckpt_{kind}",
+        )
     return root
 
 
@@ -43,27 +56,37 @@ def test_shards_partition_the_samples():
 def test_a_shard_does_not_depend_on_the_others(models, tmp_path):
     # shard 1 of 3 alone, then all shards in another order: shard 1 is bit-identical
     alone = tmp_path / "alone.npz"
-    sample_structures(models / "structure.pt", alone, n_total=5, n_shards=3, shard=1, sampling=SAMPLING,
-                      watershed=WATERSHED)
+    sample_structures(
+        models / "structure.pt", alone, n_total=5, n_shards=3, shard=1, sampling=SAMPLING, watershed=WATERSHED
+    )
     for k in (2, 0, 1):
-        sample_structures(models / "structure.pt", tmp_path / f"s{k}.npz", n_total=5, n_shards=3, shard=k,
-                          sampling=SAMPLING, watershed=WATERSHED)
+        sample_structures(
+            models / "structure.pt",
+            tmp_path / f"s{k}.npz",
+            n_total=5,
+            n_shards=3,
+            shard=k,
+            sampling=SAMPLING,
+            watershed=WATERSHED,
+        )
     with np.load(alone) as a, np.load(tmp_path / "s1.npz") as b:
         assert a["sample_index"].tolist() == [2, 3]
         for key in ("structures", "instances", "n_nuclei"):
             assert np.array_equal(a[key], b[key])
     # and a sample is the same whatever the shard count: sample 2 of one single shard
     single = tmp_path / "single.npz"
-    sample_structures(models / "structure.pt", single, n_total=5, n_shards=1, shard=0, sampling=SAMPLING,
-                      watershed=WATERSHED)
+    sample_structures(
+        models / "structure.pt", single, n_total=5, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED
+    )
     with np.load(single) as s, np.load(alone) as a:
         np.testing.assert_allclose(s["structures"][2], a["structures"][0], atol=1e-5)
 
 
 def test_pairs_and_augmented_set(models, tmp_path, tiny_labelled_csv):
     structures = tmp_path / "structures.npz"
-    sample_structures(models / "structure.pt", structures, n_total=4, n_shards=1, shard=0, sampling=SAMPLING,
-                      watershed=WATERSHED)
+    sample_structures(
+        models / "structure.pt", structures, n_total=4, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED
+    )
     pairs = tmp_path / "pairs.npz"
     n_pairs = sample_images(models / "image.pt", structures, pairs, sampling=SAMPLING)
     with np.load(structures) as s, np.load(pairs) as p:
@@ -82,8 +105,9 @@ def test_pairs_and_augmented_set(models, tmp_path, tiny_labelled_csv):
 
 def test_images_need_the_image_model(models, tmp_path):
     structures = tmp_path / "structures.npz"
-    sample_structures(models / "structure.pt", structures, n_total=2, n_shards=1, shard=0, sampling=SAMPLING,
-                      watershed=WATERSHED)
+    sample_structures(
+        models / "structure.pt", structures, n_total=2, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED
+    )
     with pytest.raises(ValueError, match="expected 'image'"):
         sample_images(models / "structure.pt", structures, tmp_path / "pairs.npz", sampling=SAMPLING)
     assert not (tmp_path / "pairs.npz").exists()

@@ -12,8 +12,7 @@ import pytest
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.table import PAPER_RESULTS, TABLE_COLUMNS, build_table, make_table
 
-COLUMNS = ["dataset", "subset", "model", "trainset", "seed", "n_images", "dice", "aji",
-           "aji_plus", "dq", "sq", "pq"]
+COLUMNS = ["dataset", "subset", "model", "trainset", "seed", "n_images", "dice", "aji", "aji_plus", "dq", "sq", "pq"]
 
 
 def _row(dataset, subset, model, trainset, seed, dice, aji, n_images=14):
@@ -28,20 +27,29 @@ def _write(path, rows):
 @pytest.fixture
 def metrics_csvs(tmp_path):
     """MoNuSeg 10% (two seeds), MoNuSeg 100% (one seed), demo 10% (one seed)."""
-    monuseg_10 = _write(tmp_path / "monuseg_10.csv", [
-        _row("monuseg", "10pct", "hovernet", "labelled", 0, 0.80, 0.60),
-        _row("monuseg", "10pct", "hovernet", "labelled", 1, 0.82, 0.64),
-        _row("monuseg", "10pct", "hovernet", "augmented", 0, 0.83, 0.65),
-        _row("monuseg", "10pct", "hovernet", "augmented", 1, 0.85, 0.67),
-    ])
-    monuseg_100 = _write(tmp_path / "monuseg_100.csv", [
-        _row("monuseg", "100pct", "hovernet", "augmented", 0, 0.84, 0.70),
-        _row("monuseg", "100pct", "hovernet", "labelled", 0, 0.82, 0.66),
-    ])
-    demo = _write(tmp_path / "demo_10.csv", [
-        _row("demo", "10pct", "hovernet", "labelled", 0, 0.50, 0.30, n_images=4),
-        _row("demo", "10pct", "hovernet", "augmented", 0, 0.45, 0.35, n_images=4),
-    ])
+    monuseg_10 = _write(
+        tmp_path / "monuseg_10.csv",
+        [
+            _row("monuseg", "10pct", "hovernet", "labelled", 0, 0.80, 0.60),
+            _row("monuseg", "10pct", "hovernet", "labelled", 1, 0.82, 0.64),
+            _row("monuseg", "10pct", "hovernet", "augmented", 0, 0.83, 0.65),
+            _row("monuseg", "10pct", "hovernet", "augmented", 1, 0.85, 0.67),
+        ],
+    )
+    monuseg_100 = _write(
+        tmp_path / "monuseg_100.csv",
+        [
+            _row("monuseg", "100pct", "hovernet", "augmented", 0, 0.84, 0.70),
+            _row("monuseg", "100pct", "hovernet", "labelled", 0, 0.82, 0.66),
+        ],
+    )
+    demo = _write(
+        tmp_path / "demo_10.csv",
+        [
+            _row("demo", "10pct", "hovernet", "labelled", 0, 0.50, 0.30, n_images=4),
+            _row("demo", "10pct", "hovernet", "augmented", 0, 0.45, 0.35, n_images=4),
+        ],
+    )
     return [monuseg_100, demo, monuseg_10]
 
 
@@ -50,9 +58,14 @@ MAPPING = {"monuseg": "monuseg", "demo": None}
 
 def test_paper_results_complete_and_in_range():
     # Tables 1-2: 2 models x 2 datasets x 4 subsets x 2 training sets, (Dice, AJI) each.
-    expected = set(itertools.product(("monuseg", "kumar"), ("hovernet", "pffnet"),
-                                     ("10pct", "20pct", "50pct", "100pct"),
-                                     ("labelled", "augmented")))
+    expected = set(
+        itertools.product(
+            ("monuseg", "kumar"),
+            ("hovernet", "pffnet"),
+            ("10pct", "20pct", "50pct", "100pct"),
+            ("labelled", "augmented"),
+        )
+    )
     assert set(PAPER_RESULTS) == expected
     numbers = [v for pair in PAPER_RESULTS.values() for v in pair]
     assert len(numbers) == 64
@@ -70,9 +83,12 @@ def test_build_table_means_stds_paper_and_gains(metrics_csvs):
     assert list(table.columns) == list(TABLE_COLUMNS)
     # Paper order: dataset in mapping order, subset ascending (100 after 10), labelled first.
     assert table[["dataset", "subset", "trainset"]].values.tolist() == [
-        ["monuseg", "10pct", "labelled"], ["monuseg", "10pct", "augmented"],
-        ["monuseg", "100pct", "labelled"], ["monuseg", "100pct", "augmented"],
-        ["demo", "10pct", "labelled"], ["demo", "10pct", "augmented"],
+        ["monuseg", "10pct", "labelled"],
+        ["monuseg", "10pct", "augmented"],
+        ["monuseg", "100pct", "labelled"],
+        ["monuseg", "100pct", "augmented"],
+        ["demo", "10pct", "labelled"],
+        ["demo", "10pct", "augmented"],
     ]
     lab, aug = table.iloc[0], table.iloc[1]
     # Two seeds: mean of (0.80, 0.82) = 0.81; sample std = sqrt(2 * 0.01^2 / 1) = 0.014142.

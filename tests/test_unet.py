@@ -196,8 +196,5 @@ def test_paper_size_parameter_counts():
     # affine parameters by conv(3->128) + 2 conv(128->C), all 3x3 with biases
     spades = [m for m in cond.modules() if isinstance(m, SPADE)]
     assert len(spades) == 2 * (2 + 6 * 3 + 5)  # 2 norms x (middle + decoder + up blocks)
-    extra = sum(
-        (3 * 128 * 9 + 128) + 2 * (128 * c * 9 + c) - 2 * c
-        for c in (s.gamma.out_channels for s in spades)
-    )
+    extra = sum((3 * 128 * 9 + 128) + 2 * (128 * c * 9 + c) - 2 * c for c in (s.gamma.out_channels for s in spades))
     assert count_parameters(cond) == count_parameters(plain) + extra

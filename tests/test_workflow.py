@@ -98,8 +98,13 @@ def test_changing_one_model_reruns_it_and_its_dependents_only(tiny_run, tmp_path
     jobs = planned_jobs(tiny_run[0], config=change)
     assert jobs["train_image_model_guided"] == 2  # both subsets' guided image models
     assert jobs["train_segmenter"] == 2  # only the augmented sets depend on them
-    for untouched in ("train_structure_model", "train_image_model_conditional", "sample_structures",
-                      "select_subset", "compute_features"):
+    for untouched in (
+        "train_structure_model",
+        "train_image_model_conditional",
+        "sample_structures",
+        "select_subset",
+        "compute_features",
+    ):
         assert untouched not in jobs
 
 

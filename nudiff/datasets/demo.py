@@ -62,20 +62,53 @@ class _StyleParams:
 
 _PARAMS: dict[str, _StyleParams] = {
     "lymphocytic": _StyleParams(
-        count=(125, 150), radius=(3.4, 4.6), aspect=(1.0, 1.25), p_touch=0.3, spread=0.3,
-        h_nucleus=(1.3, 1.7), vesicular=0.0, rim=0.15, speckle=0.12,
-        e_background=(0.38, 0.48), h_background=0.05, fibres=0.04, glands=(0, 0),
-        e_tint=(0.02, -0.04, 0.08)),
+        count=(125, 150),
+        radius=(3.4, 4.6),
+        aspect=(1.0, 1.25),
+        p_touch=0.3,
+        spread=0.3,
+        h_nucleus=(1.3, 1.7),
+        vesicular=0.0,
+        rim=0.15,
+        speckle=0.12,
+        e_background=(0.38, 0.48),
+        h_background=0.05,
+        fibres=0.04,
+        glands=(0, 0),
+        e_tint=(0.02, -0.04, 0.08),
+    ),
     "epithelial": _StyleParams(
-        count=(45, 70), radius=(6.0, 8.5), aspect=(1.1, 1.6), p_touch=0.75, spread=1.0,
-        h_nucleus=(0.65, 0.85), vesicular=0.45, rim=0.5, speckle=0.30,
-        e_background=(0.5, 0.62), h_background=0.10, fibres=0.06, glands=(1, 3),
-        e_tint=(0.03, 0.0, 0.05)),
+        count=(45, 70),
+        radius=(6.0, 8.5),
+        aspect=(1.1, 1.6),
+        p_touch=0.75,
+        spread=1.0,
+        h_nucleus=(0.65, 0.85),
+        vesicular=0.45,
+        rim=0.5,
+        speckle=0.30,
+        e_background=(0.5, 0.62),
+        h_background=0.10,
+        fibres=0.06,
+        glands=(1, 3),
+        e_tint=(0.03, 0.0, 0.05),
+    ),
     "stromal": _StyleParams(
-        count=(40, 55), radius=(4.0, 5.0), aspect=(2.5, 4.0), p_touch=0.2, spread=1.0,
-        h_nucleus=(0.95, 1.2), vesicular=0.1, rim=0.2, speckle=0.2,
-        e_background=(0.6, 0.8), h_background=0.03, fibres=0.35, glands=(0, 0),
-        e_tint=(0.0, 0.04, -0.05)),
+        count=(40, 55),
+        radius=(4.0, 5.0),
+        aspect=(2.5, 4.0),
+        p_touch=0.2,
+        spread=1.0,
+        h_nucleus=(0.95, 1.2),
+        vesicular=0.1,
+        rim=0.2,
+        speckle=0.2,
+        e_background=(0.6, 0.8),
+        h_background=0.03,
+        fibres=0.35,
+        glands=(0, 0),
+        e_tint=(0.0, 0.04, -0.05),
+    ),
 }
 
 
@@ -99,8 +132,9 @@ def _ellipse_radius(a, b, phi, theta):
     return a * b / np.sqrt((b * np.cos(t)) ** 2 + (a * np.sin(t)) ** 2)
 
 
-def _place_nuclei(rng: np.random.Generator, size: int, p: _StyleParams,
-                  fibre_angle: float) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
+def _place_nuclei(
+    rng: np.random.Generator, size: int, p: _StyleParams, fibre_angle: float
+) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
     """Choose nuclei as rows (cy, cx, a, b, phi) and gland (cy, cx, ring radius) triples.
 
     A proposal is kept when its centre is at least ``_MIN_SEPARATION`` times the summed
@@ -131,8 +165,7 @@ def _place_nuclei(rng: np.random.Generator, size: int, p: _StyleParams,
         arr = np.asarray(rows)
         dy, dx = arr[:, 0] - cy, arr[:, 1] - cx
         theta = np.arctan2(dy, dx)
-        reach = _ellipse_radius(a, b, phi, theta) + _ellipse_radius(
-            arr[:, 2], arr[:, 3], arr[:, 4], theta + np.pi)
+        reach = _ellipse_radius(a, b, phi, theta) + _ellipse_radius(arr[:, 2], arr[:, 3], arr[:, 4], theta + np.pi)
         return bool(np.all(np.hypot(dy, dx) >= _MIN_SEPARATION * reach))
 
     for attempt in range(40 * target):
@@ -147,7 +180,7 @@ def _place_nuclei(rng: np.random.Generator, size: int, p: _StyleParams,
         elif rows and rng.random() < p.p_touch:
             y0, x0, a0, b0, phi0 = rows[rng.integers(len(rows))]
             theta = rng.uniform(0, 2 * np.pi)
-            d = (_ellipse_radius(a0, b0, phi0, theta) + _ellipse_radius(a, b, phi, theta + np.pi))
+            d = _ellipse_radius(a0, b0, phi0, theta) + _ellipse_radius(a, b, phi, theta + np.pi)
             d *= rng.uniform(0.88, 0.97)
             cy, cx = y0 + d * np.sin(theta), x0 + d * np.cos(theta)
         elif rng.random() < 0.85:  # most free nuclei land in the dense zone, a few anywhere
@@ -159,8 +192,9 @@ def _place_nuclei(rng: np.random.Generator, size: int, p: _StyleParams,
     return np.asarray(rows, dtype=float).reshape(-1, 5), glands
 
 
-def _rasterise(rng: np.random.Generator, size: int, nuclei: np.ndarray,
-               irregularity: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+def _rasterise(
+    rng: np.random.Generator, size: int, nuclei: np.ndarray, irregularity: float = 0.06
+) -> tuple[np.ndarray, np.ndarray]:
     """Instance map ``(size, size)`` int32 and normalised radius ``rho`` (0 centre, 1 edge).
 
     Each nucleus is an ellipse whose radius is perturbed by harmonics 2-4 of the angle;
@@ -180,8 +214,7 @@ def _rasterise(rng: np.random.Generator, size: int, nuclei: np.ndarray,
         dy = np.arange(y0, y1)[:, None] - cy
         dx = np.arange(x0, x1)[None, :] - cx
         theta = np.arctan2(dy, dx)
-        edge = _ellipse_radius(a, b, phi, theta) * (
-            1 + (amp * np.cos(harmonics * (theta - phi) + phase)).sum(0))
+        edge = _ellipse_radius(a, b, phi, theta) * (1 + (amp * np.cos(harmonics * (theta - phi) + phase)).sum(0))
         rho = np.hypot(dy, dx) / edge
         window = best[y0:y1, x0:x1]
         win = (rho < 1) & (rho < window)
@@ -201,8 +234,9 @@ def _rasterise(rng: np.random.Generator, size: int, nuclei: np.ndarray,
     return inst, best
 
 
-def _stroma(rng: np.random.Generator, size: int, p: _StyleParams, fibre_angle: float,
-            glands: list[tuple[float, float, float]]) -> tuple[np.ndarray, np.ndarray]:
+def _stroma(
+    rng: np.random.Generator, size: int, p: _StyleParams, fibre_angle: float, glands: list[tuple[float, float, float]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Eosin and haematoxylin concentration maps ``(size, size)`` of the tissue around nuclei.
 
     Collagen fibres are white noise smeared by a long, thin Gaussian and read along
@@ -214,17 +248,19 @@ def _stroma(rng: np.random.Generator, size: int, p: _StyleParams, fibre_angle: f
     # fibre coordinates: ``along`` follows fibre_angle, ``across`` wanders so fibres wave
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
     along = xx * np.cos(fibre_angle) + yy * np.sin(fibre_angle)
-    across = (-xx * np.sin(fibre_angle) + yy * np.cos(fibre_angle)
-              + 5 * _smooth_noise(rng, shape, 20))
-    canvas = ndi.gaussian_filter(rng.standard_normal((2 * size, 2 * size)),
-                                 (0.8, 6), mode="wrap")
+    across = -xx * np.sin(fibre_angle) + yy * np.cos(fibre_angle) + 5 * _smooth_noise(rng, shape, 20)
+    canvas = ndi.gaussian_filter(rng.standard_normal((2 * size, 2 * size)), (0.8, 6), mode="wrap")
     streaks = ndi.map_coordinates(canvas, [across, along], order=1, mode="grid-wrap")
     fibres = np.clip(streaks / streaks.std(), 0, None) ** 1.5
     fibres *= np.clip(0.7 + 0.5 * _smooth_noise(rng, shape, 12), 0, None)
     gaps = np.clip(_smooth_noise(rng, shape, 6) - 0.8, 0, None)  # loose, pale stroma
-    texture = (1 + 0.15 * _smooth_noise(rng, shape, 16)
-               + 0.08 * _smooth_noise(rng, shape, 2.5)
-               + p.fibres * (fibres - fibres.mean()) - p.fibres * gaps)
+    texture = (
+        1
+        + 0.15 * _smooth_noise(rng, shape, 16)
+        + 0.08 * _smooth_noise(rng, shape, 2.5)
+        + p.fibres * (fibres - fibres.mean())
+        - p.fibres * gaps
+    )
     eosin = rng.uniform(*p.e_background) * np.clip(texture, 0.15, None)
     haem = p.h_background * np.clip(1 + 0.5 * _smooth_noise(rng, shape, 8), 0, None)
     for gy, gx, ring in glands:
@@ -236,14 +272,14 @@ def _stroma(rng: np.random.Generator, size: int, p: _StyleParams, fibre_angle: f
     return eosin, haem
 
 
-def _nuclear_haematoxylin(rng: np.random.Generator, p: _StyleParams, inst: np.ndarray,
-                          rho: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
+def _nuclear_haematoxylin(
+    rng: np.random.Generator, p: _StyleParams, inst: np.ndarray, rho: np.ndarray, nuclei: np.ndarray
+) -> np.ndarray:
     """Haematoxylin in nuclei ``(H, W)``: per-nucleus level, pale vesicular centre, dark
     rim, chromatin speckle and (vesicular styles) a nucleolus near each centre."""
     level = np.r_[0.0, rng.uniform(*p.h_nucleus, int(inst.max()))]
     profile = 1 - p.vesicular * (1 - rho**2) + p.rim * np.clip((rho - 0.65) / 0.35, 0, 1) ** 2
-    chromatin = 1 + p.speckle * (0.6 * _smooth_noise(rng, inst.shape, 0.7)
-                                 + 0.6 * _smooth_noise(rng, inst.shape, 1.8))
+    chromatin = 1 + p.speckle * (0.6 * _smooth_noise(rng, inst.shape, 0.7) + 0.6 * _smooth_noise(rng, inst.shape, 1.8))
     haem = np.where(inst > 0, level[inst] * profile * chromatin.clip(0.2, None), 0.0)
     if p.vesicular > 0.3 and len(nuclei):
         cy, cx = np.round(nuclei[:, :2].T).astype(int).clip(0, inst.shape[0] - 1)
@@ -253,8 +289,7 @@ def _nuclear_haematoxylin(rng: np.random.Generator, p: _StyleParams, inst: np.nd
     return haem
 
 
-def generate_demo_tile(rng: np.random.Generator, size: int,
-                       style: Style) -> tuple[np.ndarray, np.ndarray]:
+def generate_demo_tile(rng: np.random.Generator, size: int, style: Style) -> tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic H&E tile and its exact instance map.
 
     Args:
@@ -281,9 +316,11 @@ def generate_demo_tile(rng: np.random.Generator, size: int,
     eosin = np.where(inst > 0, 0.35 * eosin, eosin)  # nuclei hold little eosin
 
     # Optics: slight blur (antialiasing and focus), uneven illumination, sensor noise.
-    od = (ndi.gaussian_filter(haem, 0.6)[..., None] * _H_VECTOR
-          + ndi.gaussian_filter(eosin, 0.6)[..., None] * (_E_VECTOR + np.asarray(p.e_tint))
-          + 0.03)
+    od = (
+        ndi.gaussian_filter(haem, 0.6)[..., None] * _H_VECTOR
+        + ndi.gaussian_filter(eosin, 0.6)[..., None] * (_E_VECTOR + np.asarray(p.e_tint))
+        + 0.03
+    )
     light = 1 + 0.04 * _smooth_noise(rng, shape, 40)[..., None]
     rgb = 255.0 * np.exp(-od) * light + rng.normal(0, 2.5, (*shape, 3))
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
@@ -314,8 +351,12 @@ def generate_demo_dataset(
     Returns:
         DataFrame with columns ``split, name, style, n_nuclei, image, label`` (final paths).
     """
-    for key, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("seed", seed, 0),
-                            ("image_size", image_size, 64)):
+    for key, value, low in (
+        ("n_train", n_train, 0),
+        ("n_test", n_test, 0),
+        ("seed", seed, 0),
+        ("image_size", image_size, 64),
+    ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ValueError(f"{key}={value!r} must be an integer >= {low}")
     if not styles or any(s not in _PARAMS for s in styles):
@@ -335,14 +376,18 @@ def generate_demo_dataset(
                     Image.fromarray(rgb).save(png, format="PNG")
                 with atomic_path(tmp / split / "labels" / f"{name}.tif") as tif:
                     tifffile.imwrite(tif, inst, compression="zlib")
-                rows.append({
-                    "split": split, "name": name, "style": style, "n_nuclei": int(inst.max()),
-                    "image": str(out_dir / split / "images" / f"{name}.png"),
-                    "label": str(out_dir / split / "labels" / f"{name}.tif"),
-                })
+                rows.append(
+                    {
+                        "split": split,
+                        "name": name,
+                        "style": style,
+                        "n_nuclei": int(inst.max()),
+                        "image": str(out_dir / split / "images" / f"{name}.png"),
+                        "label": str(out_dir / split / "labels" / f"{name}.tif"),
+                    }
+                )
         table = pd.DataFrame(rows)
         with atomic_path(tmp / "styles.csv") as csv_tmp:
             table[["split", "name", "style", "n_nuclei"]].to_csv(csv_tmp, index=False)
-    logger.info("wrote %d demo tiles (%d nuclei) to %s", len(table),
-                table["n_nuclei"].sum(), out_dir)
+    logger.info("wrote %d demo tiles (%d nuclei) to %s", len(table), table["n_nuclei"].sum(), out_dir)
     return table

@@ -28,16 +28,30 @@ from nudiff.datasets.sources import SPLITS, SourceItem
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import sha256_of_files
-from nudiff.io.images import read_image, read_instance_map, write_image, write_instance_map
+from nudiff.io.images import (
+    read_image,
+    read_instance_map,
+    write_image,
+    write_instance_map,
+)
 from nudiff.io.kumar import read_kumar_mat
 from nudiff.io.monuseg import read_monuseg_xml
+from nudiff.io.tables import read_table
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = (
-    "name", "split", "height", "width", "n_nuclei",
-    "image", "label", "source_image", "source_label", "source_sha256",
+    "name",
+    "split",
+    "height",
+    "width",
+    "n_nuclei",
+    "image",
+    "label",
+    "source_image",
+    "source_label",
+    "source_sha256",
 )
 _INT_COLUMNS = ("height", "width", "n_nuclei")
 
@@ -77,9 +91,7 @@ def _check_unique_names(items: Sequence[SourceItem]) -> None:
     duplicated = sorted(name for name, n in counts.items() if n > 1)
     if duplicated:
         where = [f"{i.name} ({i.split}: {i.image_path})" for i in items if i.name in duplicated]
-        raise InputDataError(
-            f"image names must be unique across splits; duplicated: {'; '.join(where)}"
-        )
+        raise InputDataError(f"image names must be unique across splits; duplicated: {'; '.join(where)}")
 
 
 def prepare_dataset(items: Sequence[SourceItem], out_dir: str | os.PathLike) -> pd.DataFrame:
@@ -120,22 +132,32 @@ def prepare_dataset(items: Sequence[SourceItem], out_dir: str | os.PathLike) -> 
             write_instance_map(tmp / label_rel, label)
             height, width = label.shape
             n_nuclei = int(label.max(initial=0))
-            rows.append({
-                "name": item.name, "split": item.split,
-                "height": height, "width": width, "n_nuclei": n_nuclei,
-                "image": image_rel, "label": label_rel,
-                "source_image": str(item.image_path), "source_label": str(item.label_path),
-                "source_sha256": _source_sha256(item),
-            })
-            logger.info("%s (%s): %dx%d, %d nuclei", item.name, item.split, height, width,
-                        n_nuclei)
+            rows.append(
+                {
+                    "name": item.name,
+                    "split": item.split,
+                    "height": height,
+                    "width": width,
+                    "n_nuclei": n_nuclei,
+                    "image": image_rel,
+                    "label": label_rel,
+                    "source_image": str(item.image_path),
+                    "source_label": str(item.label_path),
+                    "source_sha256": _source_sha256(item),
+                }
+            )
+            logger.info("%s (%s): %dx%d, %d nuclei", item.name, item.split, height, width, n_nuclei)
         table = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
         table.to_csv(tmp / MANIFEST_NAME, index=False)
 
     per_split = table["split"].value_counts()
-    logger.info("prepared %d images (%s), %d nuclei, in %s", len(table),
-                ", ".join(f"{per_split[s]} {s}" for s in SPLITS if s in per_split),
-                int(table["n_nuclei"].sum()), out_dir)
+    logger.info(
+        "prepared %d images (%s), %d nuclei, in %s",
+        len(table),
+        ", ".join(f"{per_split[s]} {s}" for s in SPLITS if s in per_split),
+        int(table["n_nuclei"].sum()),
+        out_dir,
+    )
     return read_manifest(out_dir / MANIFEST_NAME)
 
 
@@ -155,16 +177,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
             points to a missing file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputDataError(f"{path}: manifest not found")
-    try:
-        # Names such as "001" must stay strings.
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"{path}: unreadable manifest: {exc}") from exc
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
-    if missing:
-        raise InputDataError(f"{path}: manifest lacks column(s) {missing}")
+    # Names such as "001" must stay strings.
+    table = read_table(path, required=MANIFEST_COLUMNS, what="manifest", dtype=str)
     try:
         for column in _INT_COLUMNS:
             table[column] = table[column].astype(np.int64)

@@ -59,17 +59,28 @@ class _Layout:
 
 
 _MONUSEG_LAYOUTS = (
-    _Layout("<stem>.tif + <stem>.xml side by side (official test set)",
-            "", _TIFF, "", (".xml",), "monuseg_xml"),
-    _Layout("'Tissue Images/<stem>.tif' + 'Annotations/<stem>.xml' (official training download)",
-            "Tissue Images", _TIFF, "Annotations", (".xml",), "monuseg_xml"),
-    _Layout("images/<stem>.tif + labels/<stem>.tif instance maps",
-            "images", _TIFF, "labels", _TIFF, "instance_map"),
+    _Layout("<stem>.tif + <stem>.xml side by side (official test set)", "", _TIFF, "", (".xml",), "monuseg_xml"),
+    _Layout(
+        "'Tissue Images/<stem>.tif' + 'Annotations/<stem>.xml' (official training download)",
+        "Tissue Images",
+        _TIFF,
+        "Annotations",
+        (".xml",),
+        "monuseg_xml",
+    ),
+    _Layout("images/<stem>.tif + labels/<stem>.tif instance maps", "images", _TIFF, "labels", _TIFF, "instance_map"),
 )
-_KUMAR_LAYOUT = _Layout("Images/<stem>.tif|png + Labels/<stem>.mat",
-                        "Images", _TIFF_OR_PNG, "Labels", (".mat",), "kumar_mat")
-_FOLDER_LAYOUT = _Layout("images/<stem>.tif|png + labels/<stem>.tif|png instance maps",
-                         "images", _TIFF_OR_PNG, "labels", _TIFF_OR_PNG, "instance_map")
+_KUMAR_LAYOUT = _Layout(
+    "Images/<stem>.tif|png + Labels/<stem>.mat", "Images", _TIFF_OR_PNG, "Labels", (".mat",), "kumar_mat"
+)
+_FOLDER_LAYOUT = _Layout(
+    "images/<stem>.tif|png + labels/<stem>.tif|png instance maps",
+    "images",
+    _TIFF_OR_PNG,
+    "labels",
+    _TIFF_OR_PNG,
+    "instance_map",
+)
 
 
 def _files_with_suffix(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -77,8 +88,7 @@ def _files_with_suffix(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         return []
     # Hidden files are skipped: editor backups, macOS '._' forks, atomic temporaries.
     return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
     )
 
 
@@ -100,9 +110,7 @@ def _detect_monuseg_layout(split_dir: Path) -> _Layout:
         return fits[0]
     accepted = "; ".join(layout.description for layout in _MONUSEG_LAYOUTS)
     if not fits:
-        raise InputDataError(
-            f"{split_dir}: no MoNuSeg layout found; accepted layouts: {accepted}"
-        )
+        raise InputDataError(f"{split_dir}: no MoNuSeg layout found; accepted layouts: {accepted}")
     found = "; ".join(layout.description for layout in fits)
     raise InputDataError(f"{split_dir}: ambiguous, several MoNuSeg layouts fit: {found}")
 
@@ -130,9 +138,7 @@ def _split_items(split_dir: Path, split: Split, layout: _Layout) -> list[SourceI
         raise InputDataError(f"{image_dir}: folder not found; expected layout {layout.description}")
     images = _files_with_suffix(image_dir, layout.image_suffixes)
     if not images:
-        raise InputDataError(
-            f"{image_dir}: empty split folder, no {'|'.join(layout.image_suffixes)} images"
-        )
+        raise InputDataError(f"{image_dir}: empty split folder, no {'|'.join(layout.image_suffixes)} images")
     stems = [p.stem for p in images]
     duplicated = sorted({s for s in stems if stems.count(s) > 1})
     if duplicated:

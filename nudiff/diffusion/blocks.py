@@ -40,9 +40,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, *, max_period: float = 10000.0
     if t.ndim != 1:
         raise ValueError(f"t must have shape (B,), got {tuple(t.shape)}")
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
@@ -70,14 +68,10 @@ class SPADE(nn.Module):
     (``UNet.null_condition``), and blur the thin distance-map ridges between nuclei.
     """
 
-    def __init__(
-        self, channels: int, condition_channels: int, *, groups: int, hidden_channels: int
-    ) -> None:
+    def __init__(self, channels: int, condition_channels: int, *, groups: int, hidden_channels: int) -> None:
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels, affine=False)
-        self.shared = nn.Sequential(
-            nn.Conv2d(condition_channels, hidden_channels, 3, padding=1), nn.ReLU()
-        )
+        self.shared = nn.Sequential(nn.Conv2d(condition_channels, hidden_channels, 3, padding=1), nn.ReLU())
         self.gamma = nn.Conv2d(hidden_channels, channels, 3, padding=1)
         self.beta = nn.Conv2d(hidden_channels, channels, 3, padding=1)
 
@@ -96,9 +90,7 @@ def make_norm(
     """GroupNorm when ``condition_channels == 0``, SPADE driven by the condition otherwise."""
     if condition_channels == 0:
         return GroupNorm(groups, channels)
-    return SPADE(
-        channels, condition_channels, groups=groups, hidden_channels=spade_hidden_channels
-    )
+    return SPADE(channels, condition_channels, groups=groups, hidden_channels=spade_hidden_channels)
 
 
 class Downsample(nn.Module):
@@ -106,9 +98,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int, *, use_conv: bool) -> None:
         super().__init__()
-        self.op: nn.Module = (
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
-        )
+        self.op: nn.Module = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -172,9 +162,7 @@ class ResBlock(nn.Module):
         if out_channels != in_channels:
             self.skip = nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(
-        self, x: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x ``(B, in, H, W)``, emb ``(B, emb_channels)``, cond ``(B, K, H0, W0)`` or None."""
         h = F.silu(self.in_norm(x, cond))
         h = self.in_conv(self.resample(h))
@@ -198,9 +186,7 @@ class CondResBlock(ResBlock):
         **kwargs: Any,
     ) -> None:
         if condition_channels < 1:
-            raise ValueError(
-                f"CondResBlock needs condition_channels >= 1, got {condition_channels}"
-            )
+            raise ValueError(f"CondResBlock needs condition_channels >= 1, got {condition_channels}")
         kwargs["condition_channels"] = condition_channels
         super().__init__(in_channels, emb_channels, out_channels, **kwargs)
 
@@ -215,9 +201,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, *, head_channels: int = 64, groups: int = 32) -> None:
         super().__init__()
         if channels % head_channels:
-            raise ValueError(
-                f"channels={channels} is not a multiple of head_channels={head_channels}"
-            )
+            raise ValueError(f"channels={channels} is not a multiple of head_channels={head_channels}")
         self.heads = channels // head_channels
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
@@ -235,9 +219,7 @@ class AttentionBlock(nn.Module):
 class BlockSequence(nn.ModuleList):
     """Blocks applied in order: residual blocks get ``(h, emb, cond)``, the others ``h``."""
 
-    def forward(
-        self, h: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         for block in self:
             h = block(h, emb, cond) if isinstance(block, ResBlock) else block(h)
         return h

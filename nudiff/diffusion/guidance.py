@@ -40,8 +40,6 @@ def guided_eps(
         return model(x, t, None)
     if w == 0.0:
         return model(x, t, cond)
-    both = model(
-        torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, model.null_condition(cond)])
-    )
+    both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, model.null_condition(cond)]))
     eps_cond, eps_null = both.chunk(2)
     return (w + 1.0) * eps_cond - w * eps_null

@@ -13,9 +13,7 @@ from nudiff.diffusion.schedule import NoiseSchedule
 class EpsModel(Protocol):
     """What the diffusion code needs from a network (``nudiff.diffusion.unet.UNet`` is one)."""
 
-    def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor: ...
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor: ...
 

@@ -64,8 +64,9 @@ __all__ = [
 PathLike = str | Path
 
 
-def plot_statistic_tables(real: StatisticTables, synthetic: Mapping[str, StatisticTables], path: PathLike,
-                          *, title: str | None = None) -> None:
+def plot_statistic_tables(
+    real: StatisticTables, synthetic: Mapping[str, StatisticTables], path: PathLike, *, title: str | None = None
+) -> None:
     """:func:`plot_statistics` on tables already made by :func:`instance_statistics`."""
     check_set_names(synthetic, "synthetic")
     comparison = compare_statistic_tables(real, synthetic).set_index(["set", "statistic"])
@@ -77,10 +78,18 @@ def plot_statistic_tables(real: StatisticTables, synthetic: Mapping[str, Statist
             values = np.sort(statistic_values(tables, statistic))
             if len(values):
                 ecdf = np.arange(1, len(values) + 1) / len(values)
-                ax.step(np.r_[values[0], values], np.r_[0, ecdf], where="post", color=colours[name],
-                        lw=2.2 if name == REAL else 1.4)
-        lines = [f"{name}: W1/sd {comparison.at[(name, statistic), 'wasserstein_per_real_std']:.2f}, "
-                 f"KS {comparison.at[(name, statistic), 'ks_statistic']:.2f}" for name in synthetic]
+                ax.step(
+                    np.r_[values[0], values],
+                    np.r_[0, ecdf],
+                    where="post",
+                    color=colours[name],
+                    lw=2.2 if name == REAL else 1.4,
+                )
+        lines = [
+            f"{name}: W1/sd {comparison.at[(name, statistic), 'wasserstein_per_real_std']:.2f}, "
+            f"KS {comparison.at[(name, statistic), 'ks_statistic']:.2f}"
+            for name in synthetic
+        ]
         ax.set_title("\n".join(lines), fontsize=7.5, loc="left")  # above the axes: never hides a curve
         ax.set_xlabel(label)
         if statistic == "area":  # long right tail (clusters, large tumour nuclei)
@@ -92,17 +101,32 @@ def plot_statistic_tables(real: StatisticTables, synthetic: Mapping[str, Statist
     legend_ax = axes.flat[len(STATISTICS)]
     legend_ax.axis("off")
     for name, (per_patch, per_nucleus) in sets.items():
-        legend_ax.plot([], [], color=colours[name], lw=2.2 if name == REAL else 1.4,
-                       label=f"{name}: {len(per_patch)} patches, {len(per_nucleus)} whole nuclei")
-    legend_ax.legend(loc="center", frameon=False, fontsize=9,
-                     title="ECDF per set\n(shapes: nuclei not touching\nthe patch border)", title_fontsize=9)
+        legend_ax.plot(
+            [],
+            [],
+            color=colours[name],
+            lw=2.2 if name == REAL else 1.4,
+            label=f"{name}: {len(per_patch)} patches, {len(per_nucleus)} whole nuclei",
+        )
+    legend_ax.legend(
+        loc="center",
+        frameon=False,
+        fontsize=9,
+        title="ECDF per set\n(shapes: nuclei not touching\nthe patch border)",
+        title_fontsize=9,
+    )
     fig.suptitle(title or "Nuclei statistics, real vs synthetic", fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def plot_statistics(real_maps: Sequence[np.ndarray], synthetic: Mapping[str, Sequence[np.ndarray]],
-                    path: PathLike, *, title: str | None = None) -> None:
+def plot_statistics(
+    real_maps: Sequence[np.ndarray],
+    synthetic: Mapping[str, Sequence[np.ndarray]],
+    path: PathLike,
+    *,
+    title: str | None = None,
+) -> None:
     """ECDFs of every compared statistic, one panel per statistic, one curve per set.
 
     Each panel also prints, per synthetic set, the Wasserstein-1 distance over the real
@@ -114,13 +138,25 @@ def plot_statistics(real_maps: Sequence[np.ndarray], synthetic: Mapping[str, Seq
         path: PNG to write.
     """
     check_set_names(synthetic, "synthetic")
-    plot_statistic_tables(instance_statistics(real_maps),
-                          {name: instance_statistics(maps) for name, maps in synthetic.items()}, path, title=title)
+    plot_statistic_tables(
+        instance_statistics(real_maps),
+        {name: instance_statistics(maps) for name, maps in synthetic.items()},
+        path,
+        title=title,
+    )
 
 
-def plot_synthetic_samples(real_rgb: np.ndarray, real_inst: np.ndarray, synthetic_structures: np.ndarray,
-                           synthetic_inst: np.ndarray, synthetic_rgb: np.ndarray, path: PathLike, *,
-                           n: int = 8, title: str | None = None) -> None:
+def plot_synthetic_samples(
+    real_rgb: np.ndarray,
+    real_inst: np.ndarray,
+    synthetic_structures: np.ndarray,
+    synthetic_inst: np.ndarray,
+    synthetic_rgb: np.ndarray,
+    path: PathLike,
+    *,
+    n: int = 8,
+    title: str | None = None,
+) -> None:
     """A grid like the paper's Fig. 3; columns are the first ``n`` of each input.
 
     Rows: real images, their structures, synthetic structures, synthetic instance maps as
@@ -139,8 +175,10 @@ def plot_synthetic_samples(real_rgb: np.ndarray, real_inst: np.ndarray, syntheti
     structures, inst, rgb = np.asarray(synthetic_structures), np.asarray(synthetic_inst), np.asarray(synthetic_rgb)
     for name, real, other in (("real", real_rgb, real_inst), ("synthetic", rgb, inst)):
         if len(real) == 0 or real.ndim != 4 or other.shape != real.shape[:3]:
-            raise ValueError(f"{name} images {real.shape} and instance maps {other.shape} must be non-empty "
-                             "(N, S, S, 3) and (N, S, S)")
+            raise ValueError(
+                f"{name} images {real.shape} and instance maps {other.shape} must be non-empty "
+                "(N, S, S, 3) and (N, S, S)"
+            )
     if structures.shape[:3] != inst.shape or structures.ndim != 4:
         raise ValueError(f"synthetic_structures {structures.shape} do not match synthetic_inst {inst.shape}")
     rows = [
@@ -150,8 +188,7 @@ def plot_synthetic_samples(real_rgb: np.ndarray, real_inst: np.ndarray, syntheti
         [overlay_instances(image, m) for image, m in zip(rgb[:n], inst[:n])],
         list(rgb[:n]),
     ]
-    names = ["real image", "real structure", "synthetic structure", "synthetic nuclei\n(outlines)",
-             "synthetic image"]
+    names = ["real image", "real structure", "synthetic structure", "synthetic nuclei\n(outlines)", "synthetic image"]
     image_grid(rows, names, path, tile_inches=2.0, title=title)
 
 
@@ -190,20 +227,37 @@ def _check_same_size(real_inst: Sequence[np.ndarray], synthetic_inst: np.ndarray
     # nuclei per patch and area fraction only compare between patches of one size
     real_shapes = {m.shape for m in real_inst}
     if real_shapes != {synthetic_inst.shape[1:]}:
-        raise InputDataError(f"real patches of shape {sorted(real_shapes)} and {where} of shape "
-                             f"{synthetic_inst.shape[1:]} differ: per-patch statistics would not compare")
+        raise InputDataError(
+            f"real patches of shape {sorted(real_shapes)} and {where} of shape "
+            f"{synthetic_inst.shape[1:]} differ: per-patch statistics would not compare"
+        )
 
 
 def _log_comparison(comparison: pd.DataFrame) -> None:
     for row in comparison.itertuples():
-        logger.info("%s %s: real median %.3g, synthetic median %.3g, W1/sd %.3f, KS %.3f", row.set, row.statistic,
-                    row.real_median, row.synthetic_median, row.wasserstein_per_real_std, row.ks_statistic)
+        logger.info(
+            "%s %s: real median %.3g, synthetic median %.3g, W1/sd %.3f, KS %.3f",
+            row.set,
+            row.statistic,
+            row.real_median,
+            row.synthetic_median,
+            row.wasserstein_per_real_std,
+            row.ks_statistic,
+        )
 
 
-def assess_synthetic_pairs(labelled_csv: PathLike, pair_shards: Sequence[PathLike], *, out_stats_csv: PathLike,
-                           out_agreement_csv: PathLike, out_stats_png: PathLike, out_samples_png: PathLike,
-                           seed: int = 0, n_shown: int = 8,
-                           set_name: str = "synthetic") -> tuple[pd.DataFrame, pd.DataFrame]:
+def assess_synthetic_pairs(
+    labelled_csv: PathLike,
+    pair_shards: Sequence[PathLike],
+    *,
+    out_stats_csv: PathLike,
+    out_agreement_csv: PathLike,
+    out_stats_png: PathLike,
+    out_samples_png: PathLike,
+    seed: int = 0,
+    n_shown: int = 8,
+    set_name: str = "synthetic",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rule ``assess_synthetic_pairs``: how like the labelled subset a subset's synthetic pairs are.
 
     Real = every patch of the labelled subset (overlapping patches share nuclei, exactly
@@ -226,35 +280,49 @@ def assess_synthetic_pairs(labelled_csv: PathLike, pair_shards: Sequence[PathLik
     """
     shards = _read_shards(pair_shards, ("images", "instances", "structures"), "pair_shards")
     if len(shards["images"]) == 0:
-        raise InputDataError(f"pair_shards hold no synthetic pair (every sampled structure was empty?): "
-                             f"{list(map(str, pair_shards))}")
+        raise InputDataError(
+            f"pair_shards hold no synthetic pair (every sampled structure was empty?): {list(map(str, pair_shards))}"
+        )
     real_rgb, real_inst = _real_pairs(labelled_csv)
     _check_same_size(real_inst, shards["instances"], "synthetic pairs")
     real_tables = instance_statistics(real_inst)
     synthetic_tables = {set_name: instance_statistics(shards["instances"])}
     statistics = compare_statistic_tables(real_tables, synthetic_tables)
-    agreement = agreement_table(list(zip(real_rgb, real_inst)),
-                                {set_name: list(zip(shards["images"], shards["instances"]))})
+    agreement = agreement_table(
+        list(zip(real_rgb, real_inst)), {set_name: list(zip(shards["images"], shards["instances"]))}
+    )
     rng = np.random.default_rng(seed)
     show_real = np.sort(rng.choice(len(real_rgb), min(n_shown, len(real_rgb)), replace=False))
     show_synthetic = np.sort(rng.choice(len(shards["images"]), min(n_shown, len(shards["images"])), replace=False))
     _log_comparison(statistics)
-    logger.info("colour agreement (Dice) mean: real %.3f, %s %.3f", agreement.at[0, "mean"], set_name,
-                agreement.at[1, "mean"])
+    logger.info(
+        "colour agreement (Dice) mean: real %.3f, %s %.3f", agreement.at[0, "mean"], set_name, agreement.at[1, "mean"]
+    )
 
-    plot_statistic_tables(real_tables, synthetic_tables, out_stats_png,
-                          title=f"Nuclei statistics: labelled subset vs {len(shards['images'])} synthetic pairs")
-    plot_synthetic_samples(np.stack([real_rgb[i] for i in show_real]), np.stack([real_inst[i] for i in show_real]),
-                           shards["structures"][show_synthetic], shards["instances"][show_synthetic],
-                           shards["images"][show_synthetic], out_samples_png, n=n_shown)
+    plot_statistic_tables(
+        real_tables,
+        synthetic_tables,
+        out_stats_png,
+        title=f"Nuclei statistics: labelled subset vs {len(shards['images'])} synthetic pairs",
+    )
+    plot_synthetic_samples(
+        np.stack([real_rgb[i] for i in show_real]),
+        np.stack([real_inst[i] for i in show_real]),
+        shards["structures"][show_synthetic],
+        shards["instances"][show_synthetic],
+        shards["images"][show_synthetic],
+        out_samples_png,
+        n=n_shown,
+    )
     for table, path in ((statistics, out_stats_csv), (agreement, out_agreement_csv)):
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False)
     return statistics, agreement
 
 
-def compare_samplers(labelled_csv: PathLike, structure_shards: Mapping[str, Sequence[PathLike]], *,
-                     out_csv: PathLike, out_png: PathLike) -> pd.DataFrame:
+def compare_samplers(
+    labelled_csv: PathLike, structure_shards: Mapping[str, Sequence[PathLike]], *, out_csv: PathLike, out_png: PathLike
+) -> pd.DataFrame:
     """Rule ``compare_samplers``: instance statistics of each sampler's structures vs the real ones.
 
     Every sampled structure counts, including those without any nucleus (they are part of

@@ -36,8 +36,7 @@ from skimage.measure import regionprops_table
 logger = logging.getLogger(__name__)
 
 PER_PATCH_COLUMNS = ["patch", "n_nuclei", "n_border", "foreground_fraction"]
-PER_NUCLEUS_COLUMNS = ["patch", "label", "area", "eccentricity", "solidity", "axis_major_length",
-                       "axis_minor_length"]
+PER_NUCLEUS_COLUMNS = ["patch", "label", "area", "eccentricity", "solidity", "axis_major_length", "axis_minor_length"]
 
 # Compared statistic -> (table, column, axis label for figures).
 STATISTICS: dict[str, tuple[str, str, str]] = {
@@ -89,18 +88,21 @@ def instance_statistics(instance_maps: Sequence[np.ndarray]) -> StatisticTables:
     for k, inst in enumerate(instance_maps):
         inst = _check_instance_map(inst, f"instance_maps[{k}]")
         height, width = inst.shape
-        props = regionprops_table(inst, properties=("label", "bbox", "area", "eccentricity", "solidity",
-                                                    "axis_major_length", "axis_minor_length"))
-        border = ((props["bbox-0"] == 0) | (props["bbox-1"] == 0)
-                  | (props["bbox-2"] == height) | (props["bbox-3"] == width))
+        props = regionprops_table(
+            inst,
+            properties=("label", "bbox", "area", "eccentricity", "solidity", "axis_major_length", "axis_minor_length"),
+        )
+        border = (
+            (props["bbox-0"] == 0) | (props["bbox-1"] == 0) | (props["bbox-2"] == height) | (props["bbox-3"] == width)
+        )
         patch_rows.append((k, len(props["label"]), int(border.sum()), float(np.count_nonzero(inst)) / inst.size))
         whole = {name: props[name][~border] for name in PER_NUCLEUS_COLUMNS[1:]}
         nucleus_parts.append(pd.DataFrame({"patch": k, **whole}))
     per_patch = pd.DataFrame(patch_rows, columns=PER_PATCH_COLUMNS)
-    per_nucleus = pd.concat(nucleus_parts, ignore_index=True) if nucleus_parts else pd.DataFrame(
-        columns=PER_NUCLEUS_COLUMNS)
-    per_nucleus = per_nucleus[PER_NUCLEUS_COLUMNS].astype(
-        {"patch": np.int64, "label": np.int64, "area": np.float64})
+    per_nucleus = (
+        pd.concat(nucleus_parts, ignore_index=True) if nucleus_parts else pd.DataFrame(columns=PER_NUCLEUS_COLUMNS)
+    )
+    per_nucleus = per_nucleus[PER_NUCLEUS_COLUMNS].astype({"patch": np.int64, "label": np.int64, "area": np.float64})
     return per_patch.astype({"patch": np.int64, "n_nuclei": np.int64, "n_border": np.int64}), per_nucleus
 
 
@@ -116,9 +118,12 @@ def statistic_values(tables: StatisticTables, statistic: str) -> np.ndarray:
 def _summary(values: np.ndarray, prefix: str) -> dict[str, float]:
     if len(values) == 0:
         return {f"n_{prefix}": 0, f"{prefix}_mean": np.nan, f"{prefix}_std": np.nan, f"{prefix}_median": np.nan}
-    return {f"n_{prefix}": len(values), f"{prefix}_mean": float(values.mean()),
-            f"{prefix}_std": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
-            f"{prefix}_median": float(np.median(values))}
+    return {
+        f"n_{prefix}": len(values),
+        f"{prefix}_mean": float(values.mean()),
+        f"{prefix}_std": float(values.std(ddof=1)) if len(values) > 1 else np.nan,
+        f"{prefix}_median": float(np.median(values)),
+    }
 
 
 def check_set_names(synthetic: Mapping, argument: str) -> None:
@@ -149,8 +154,9 @@ def compare_statistic_tables(real: StatisticTables, synthetic: Mapping[str, Stat
     return pd.DataFrame(rows)
 
 
-def compare_instance_statistics(real_maps: Sequence[np.ndarray],
-                                synthetic: Mapping[str, Sequence[np.ndarray]]) -> pd.DataFrame:
+def compare_instance_statistics(
+    real_maps: Sequence[np.ndarray], synthetic: Mapping[str, Sequence[np.ndarray]]
+) -> pd.DataFrame:
     """Compare the nuclei of real instance maps with one or more synthetic sets.
 
     Args:
@@ -213,8 +219,7 @@ def _border_labels(labels: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
 
 
-def colour_agreement(rgb: np.ndarray, inst: np.ndarray, *, min_object_size: int = 10,
-                     max_hole_size: int = 30) -> float:
+def colour_agreement(rgb: np.ndarray, inst: np.ndarray, *, min_object_size: int = 10, max_hole_size: int = 30) -> float:
     """Dice between an instance map's foreground and the image's colour-based nuclei mask.
 
     Args:
@@ -236,9 +241,11 @@ def colour_agreement(rgb: np.ndarray, inst: np.ndarray, *, min_object_size: int 
     return float(2 * np.count_nonzero(labelled & mask) / (np.count_nonzero(labelled) + np.count_nonzero(mask)))
 
 
-def agreement_table(real: Sequence[tuple[np.ndarray, np.ndarray]],
-                    synthetic: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
-                    **mask_options: int) -> pd.DataFrame:
+def agreement_table(
+    real: Sequence[tuple[np.ndarray, np.ndarray]],
+    synthetic: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    **mask_options: int,
+) -> pd.DataFrame:
     """:func:`colour_agreement` summarised per set: the real pairs first, as the reference.
 
     Args:
@@ -256,13 +263,20 @@ def agreement_table(real: Sequence[tuple[np.ndarray, np.ndarray]],
     for name, pairs in {REAL: real, **synthetic}.items():
         scores = np.array([colour_agreement(rgb, inst, **mask_options) for rgb, inst in pairs], dtype=np.float64)
         valid = scores[~np.isnan(scores)]
-        rows.append({"set": name, "n_pairs": len(scores), "n_scored": len(valid),
-                     "mean": float(valid.mean()) if len(valid) else np.nan,
-                     "std": float(valid.std(ddof=1)) if len(valid) > 1 else np.nan,
-                     "median": float(np.median(valid)) if len(valid) else np.nan})
+        rows.append(
+            {
+                "set": name,
+                "n_pairs": len(scores),
+                "n_scored": len(valid),
+                "mean": float(valid.mean()) if len(valid) else np.nan,
+                "std": float(valid.std(ddof=1)) if len(valid) > 1 else np.nan,
+                "median": float(np.median(valid)) if len(valid) else np.nan,
+            }
+        )
         if len(valid) < len(scores):
-            logger.info("%s: %d of %d pairs have no defined colour agreement", name, len(scores) - len(valid),
-                        len(scores))
+            logger.info(
+                "%s: %d of %d pairs have no defined colour agreement", name, len(scores) - len(valid), len(scores)
+            )
     table = pd.DataFrame(rows)
     table["mean_relative_to_real"] = table["mean"] / table.loc[0, "mean"]
     return table

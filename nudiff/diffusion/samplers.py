@@ -44,9 +44,7 @@ def per_sample_noise(
     shape: Sequence[int], generators: Sequence[torch.Generator], device: torch.device | str
 ) -> torch.Tensor:
     """One N(0, I) draw of ``shape[1:]`` per generator, stacked to ``(B, C, H, W)``."""
-    return torch.stack(
-        [torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generators]
-    ).to(device)
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device) for g in generators]).to(device)
 
 
 def clipped_eps_fn(eps_fn: EpsFn, schedule: NoiseSchedule) -> EpsFn:
@@ -90,9 +88,7 @@ def respaced_schedule(schedule: NoiseSchedule, steps: int) -> tuple[NoiseSchedul
     return NoiseSchedule.from_betas(1 - abar / abar_prev), kept
 
 
-def _diffusers_scheduler(
-    sampler: SamplerName, schedule: NoiseSchedule
-) -> DDIMScheduler | DPMSolverMultistepScheduler:
+def _diffusers_scheduler(sampler: SamplerName, schedule: NoiseSchedule) -> DDIMScheduler | DPMSolverMultistepScheduler:
     # "trailing" spacing starts at t = T-1, the step that pure noise stands for
     # (Lin et al. 2024, Table 2); the other defaults would start lower.
     common = dict(
@@ -104,9 +100,7 @@ def _diffusers_scheduler(
     )
     if sampler == "ddim":
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
-    return DPMSolverMultistepScheduler(
-        **common, algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero"
-    )
+    return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero")
 
 
 def sample(

@@ -24,9 +24,7 @@ def _check_t(t: torch.Tensor, batch: int, num_timesteps: int) -> torch.Tensor:
     if t.shape != (batch,):
         raise ValueError(f"t must have shape ({batch},), got {tuple(t.shape)}")
     if bool((t < 0).any()) or bool((t >= num_timesteps).any()):
-        raise ValueError(
-            f"t must lie in 0..{num_timesteps - 1}, got min {int(t.min())} max {int(t.max())}"
-        )
+        raise ValueError(f"t must lie in 0..{num_timesteps - 1}, got min {int(t.min())} max {int(t.max())}")
     return t.long()
 
 
@@ -94,8 +92,7 @@ class NoiseSchedule:
             raise ValueError(f"noise {tuple(noise.shape)} and x0 {tuple(x0.shape)} differ in shape")
         t = _check_t(t, x0.shape[0], self.num_timesteps)
         return (
-            extract(self.sqrt_alphas_cumprod, t, x0) * x0
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+            extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         )
 
     def ddpm_step(
@@ -140,9 +137,7 @@ class NoiseSchedule:
         return mean + extract(var.sqrt(), t, x_t) * noise
 
 
-def linear_schedule(
-    timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
-) -> NoiseSchedule:
+def linear_schedule(timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
     """The linear beta schedule of Ho et al. (2020), used by the paper with T = 1000.
 
     betas are evenly spaced from ``beta_start`` to ``beta_end`` inclusive, in float64.
@@ -150,8 +145,6 @@ def linear_schedule(
     if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     if not 0 < beta_start <= beta_end < 1:
-        raise ValueError(
-            f"need 0 < beta_start <= beta_end < 1, got {beta_start=}, {beta_end=}"
-        )
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start=}, {beta_end=}")
     betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
     return NoiseSchedule.from_betas(betas)

@@ -35,8 +35,17 @@ from nudiff.diffusion.samplers import SamplerName, sample
 from nudiff.diffusion.training import image_from_model_range, load_diffusion_model
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
-from nudiff.samples import SAMPLE_COLUMNS, read_sample_table, synthetic_samples, write_sample_table
-from nudiff.structure import instances_from_structure, structure_from_model_range, structure_to_model_range
+from nudiff.samples import (
+    SAMPLE_COLUMNS,
+    read_sample_table,
+    synthetic_samples,
+    write_sample_table,
+)
+from nudiff.structure import (
+    instances_from_structure,
+    structure_from_model_range,
+    structure_to_model_range,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +157,14 @@ def sample_structures(
 
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
         result = sample(
-            lambda x, t: model(x, t), (len(batch), 3, size, size), schedule,
-            sampler=sampling.sampler, steps=sampling.steps, variance=sampling.variance,
-            clip_denoised=sampling.clip_denoised, device=device,
+            lambda x, t: model(x, t),
+            (len(batch), 3, size, size),
+            schedule,
+            sampler=sampling.sampler,
+            steps=sampling.steps,
+            variance=sampling.variance,
+            clip_denoised=sampling.clip_denoised,
+            device=device,
             generators=[sample_generator(sampling.seed, "structure", i) for i in batch],
             progress=_progress_logger(f"structures {batch[0]}..{batch[-1]}"),
         )
@@ -161,16 +175,24 @@ def sample_structures(
             "instances": np.stack([instances_from_structure(st, **watershed) for st in structures]),
         }
 
-    fingerprint = {"model": file_sha256(model_path), "sampling": asdict(sampling), "watershed": watershed,
-                   "indices": indices.tolist()}
+    fingerprint = {
+        "model": file_sha256(model_path),
+        "sampling": asdict(sampling),
+        "watershed": watershed,
+        "indices": indices.tolist(),
+    }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
     structures = _concat(parts, "structures", (0, size, size, 3), np.float32)
     instances = _concat(parts, "instances", (0, size, size), np.int32)
     n_nuclei = np.array([int(inst.max(initial=0)) for inst in instances], dtype=np.int64)
     degenerate = int(np.sum(n_nuclei == 0))
     logger.info(
-        "shard %d/%d: %d structures in %.0f s; %d without any nucleus will be dropped; nuclei per structure: "
-        "median %s", shard, n_shards, len(indices), time.monotonic() - t0, degenerate,
+        "shard %d/%d: %d structures in %.0f s; %d without any nucleus will be dropped; nuclei per structure: median %s",
+        shard,
+        n_shards,
+        len(indices),
+        time.monotonic() - t0,
+        degenerate,
         int(np.median(n_nuclei)) if len(n_nuclei) else "n/a",
     )
     with atomic_path(out_npz) as tmp:
@@ -206,21 +228,31 @@ def sample_images(
         cond = cond.permute(0, 3, 1, 2).to(device)
         result = sample(
             lambda x, t: guided_eps(model, x, t, cond, sampling.guidance_scale),
-            (len(batch), 3, size, size), schedule,
-            sampler=sampling.sampler, steps=sampling.steps, variance=sampling.variance,
-            clip_denoised=sampling.clip_denoised, device=device,
+            (len(batch), 3, size, size),
+            schedule,
+            sampler=sampling.sampler,
+            steps=sampling.steps,
+            variance=sampling.variance,
+            clip_denoised=sampling.clip_denoised,
+            device=device,
             generators=[sample_generator(sampling.seed, "image", i) for i in batch],
             progress=_progress_logger(f"images {batch[0]}..{batch[-1]}"),
         )
         images = image_from_model_range(result.x0.float().cpu().permute(0, 2, 3, 1).numpy())
         return {"sample_index": batch, "images": images}
 
-    fingerprint = {"model": file_sha256(model_path), "sampling": asdict(sampling),
-                   "structures": file_sha256(structures_npz)}
+    fingerprint = {
+        "model": file_sha256(model_path),
+        "sampling": asdict(sampling),
+        "structures": file_sha256(structures_npz),
+    }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
     with atomic_path(out_npz) as tmp:
         np.savez_compressed(
-            tmp, sample_index=indices, structures=structures, instances=instances,
+            tmp,
+            sample_index=indices,
+            structures=structures,
+            instances=instances,
             images=_concat(parts, "images", (0, size, size, 3), np.uint8),
         )
     return len(indices)

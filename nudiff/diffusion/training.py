@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nudiff.config import from_mapping
 from nudiff.diffusion.loss import l_simple
 from nudiff.diffusion.schedule import NoiseSchedule, linear_schedule
 from nudiff.diffusion.unet import UNet, UNetConfig, count_parameters
-from nudiff.config import from_mapping
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.figures import plot_loss_curve
 from nudiff.io.atomic import atomic_path
@@ -140,9 +140,17 @@ class TrainingExamples:
 # ---- model files -------------------------------------------------------------
 
 
-def save_diffusion_model(path: str | Path, *, kind: ModelKind, network: UNetConfig, schedule: ScheduleConfig,
-                         model: torch.nn.Module, ema: torch.nn.Module | None, training: DiffusionTraining,
-                         patch_size: int) -> None:
+def save_diffusion_model(
+    path: str | Path,
+    *,
+    kind: ModelKind,
+    network: UNetConfig,
+    schedule: ScheduleConfig,
+    model: torch.nn.Module,
+    ema: torch.nn.Module | None,
+    training: DiffusionTraining,
+    patch_size: int,
+) -> None:
     """A trained model with everything needed to rebuild and sample it."""
     state = {
         "kind": kind,
@@ -230,8 +238,14 @@ def train_diffusion_model(
         images, structures = examples.draw(train_cfg.batch_size, generator)
         if kind == "structure":
             return l_simple(model, structures.to(device), noise_schedule, generator=generator)
-        return l_simple(model, images.to(device), noise_schedule, generator=generator,
-                        cond=structures.to(device), drop_rate=train_cfg.drop_rate)
+        return l_simple(
+            model,
+            images.to(device),
+            noise_schedule,
+            generator=generator,
+            cond=structures.to(device),
+            drop_rate=train_cfg.drop_rate,
+        )
 
     fingerprint = {
         "kind": kind,
@@ -243,12 +257,25 @@ def train_diffusion_model(
     }
     store = CheckpointStore(checkpoint_dir, keep=train_cfg.keep_checkpoints)
     result = run_training(
-        model, optimizer, step, train_cfg.loop_settings(),
-        generator=torch.Generator().manual_seed(train_cfg.seed), store=store,
-        fingerprint=fingerprint, device=device,
+        model,
+        optimizer,
+        step,
+        train_cfg.loop_settings(),
+        generator=torch.Generator().manual_seed(train_cfg.seed),
+        store=store,
+        fingerprint=fingerprint,
+        device=device,
     )
-    save_diffusion_model(out_model, kind=kind, network=net_cfg, schedule=sched_cfg,
-                         model=result.model, ema=result.ema, training=train_cfg, patch_size=size)
+    save_diffusion_model(
+        out_model,
+        kind=kind,
+        network=net_cfg,
+        schedule=sched_cfg,
+        model=result.model,
+        ema=result.ema,
+        training=train_cfg,
+        patch_size=size,
+    )
     if loss_csv is not None:
         with atomic_path(loss_csv) as tmp:
             result.history.to_csv(tmp, index=False)

@@ -89,9 +89,7 @@ class UNetConfig:
         if not self.channels or not all(_is_int(c, 1) for c in self.channels):
             raise ConfigError(f"UNetConfig.channels must be positive ints, got {self.channels!r}")
         if any(c % self.groups for c in self.channels):
-            raise ConfigError(
-                f"UNetConfig.channels {self.channels} must be multiples of groups={self.groups}"
-            )
+            raise ConfigError(f"UNetConfig.channels {self.channels} must be multiples of groups={self.groups}")
         levels = range(len(self.channels))
         if len(set(self.attention_levels)) != len(self.attention_levels) or not all(
             _is_int(a, 0) and a in levels for a in self.attention_levels
@@ -110,9 +108,7 @@ class UNetConfig:
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"UNetConfig.dropout must lie in [0, 1), got {self.dropout!r}")
         if not isinstance(self.resblock_updown, bool):
-            raise ConfigError(
-                f"UNetConfig.resblock_updown must be a bool, got {self.resblock_updown!r}"
-            )
+            raise ConfigError(f"UNetConfig.resblock_updown must be a bool, got {self.resblock_updown!r}")
 
     @property
     def downsampling_factor(self) -> int:
@@ -180,9 +176,7 @@ class UNet(nn.Module):
                 self.encoder.append(BlockSequence([down(cur)]))
                 skips.append(cur)
 
-        self.middle = BlockSequence(
-            [res(cur, cur, cond=True), attn(cur), res(cur, cur, cond=True)]
-        )
+        self.middle = BlockSequence([res(cur, cur, cond=True), attn(cur), res(cur, cur, cond=True)])
 
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(c.channels))):
@@ -212,9 +206,7 @@ class UNet(nn.Module):
             raise ValueError("null_condition: this UNet is unconditional (condition_channels=0)")
         return torch.zeros_like(cond)
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the noise.
 
         Args:

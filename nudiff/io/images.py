@@ -32,9 +32,7 @@ _RGBA = 4
 
 def _check_readable(path: Path) -> None:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputDataError(
-            f"{path}: unsupported file type {path.suffix!r}; expected one of {IMAGE_SUFFIXES}"
-        )
+        raise InputDataError(f"{path}: unsupported file type {path.suffix!r}; expected one of {IMAGE_SUFFIXES}")
     if not path.is_file():
         raise InputDataError(f"{path}: file not found")
 
@@ -71,9 +69,7 @@ def _read_array(path: Path) -> np.ndarray:
     except InputDataError:
         raise
     except Exception as exc:  # tifffile, imagecodecs and Pillow raise many types
-        raise InputDataError(
-            f"{path}: cannot be decoded (truncated or corrupt?): {type(exc).__name__}: {exc}"
-        ) from exc
+        raise InputDataError(f"{path}: cannot be decoded (truncated or corrupt?): {type(exc).__name__}: {exc}") from exc
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -92,9 +88,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     array = _read_array(path)
     if array.ndim != 3 or array.shape[-1] not in (_RGB, _RGBA):
-        raise InputDataError(
-            f"{path}: expected an RGB or RGBA image (H, W, 3|4), got shape {array.shape}"
-        )
+        raise InputDataError(f"{path}: expected an RGB or RGBA image (H, W, 3|4), got shape {array.shape}")
     if array.dtype != np.uint8:
         raise InputDataError(f"{path}: expected 8-bit (uint8) pixels, got {array.dtype}")
     return np.ascontiguousarray(array[..., :_RGB])
@@ -116,9 +110,7 @@ def read_instance_map(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     array = _read_array(path)
     if array.ndim != 2:
-        raise InputDataError(
-            f"{path}: expected a single-channel instance map (H, W), got shape {array.shape}"
-        )
+        raise InputDataError(f"{path}: expected a single-channel instance map (H, W), got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise InputDataError(f"{path}: instance map must hold integers, got {array.dtype}")
     if array.size:
@@ -158,8 +150,6 @@ def write_instance_map(path: str | os.PathLike, inst: np.ndarray) -> None:
     if inst.ndim != 2 or not np.issubdtype(inst.dtype, np.integer):
         raise ValueError(f"inst must be an (H, W) integer array, got {inst.shape} {inst.dtype}")
     if inst.size and (int(inst.min()) < 0 or int(inst.max()) > _INT32_MAX):
-        raise ValueError(
-            f"inst ids must lie in [0, {_INT32_MAX}], got [{int(inst.min())}, {int(inst.max())}]"
-        )
+        raise ValueError(f"inst ids must lie in [0, {_INT32_MAX}], got [{int(inst.min())}, {int(inst.max())}]")
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, inst.astype(np.int32, copy=False), compression="zlib")

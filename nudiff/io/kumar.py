@@ -42,13 +42,10 @@ def read_kumar_mat(path: str | os.PathLike, *, key: str = INST_MAP_KEY) -> np.nd
     except NotImplementedError as exc:
         # scipy raises this for v7.3 files, which are HDF5 containers.
         raise InputDataError(
-            f"{path}: found a MATLAB v7.3 (HDF5) file, which scipy.io cannot read; "
-            f"re-save it with save(..., '-v7')"
+            f"{path}: found a MATLAB v7.3 (HDF5) file, which scipy.io cannot read; re-save it with save(..., '-v7')"
         ) from exc
     except Exception as exc:  # scipy raises ValueError, TypeError, OSError on junk
-        raise InputDataError(
-            f"{path}: not a readable MATLAB .mat file: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise InputDataError(f"{path}: not a readable MATLAB .mat file: {type(exc).__name__}: {exc}") from exc
 
     if key not in contents:
         found = sorted(k for k in contents if not k.startswith("__"))
@@ -63,7 +60,5 @@ def read_kumar_mat(path: str | os.PathLike, *, key: str = INST_MAP_KEY) -> np.nd
             raise InputDataError(f"{path}: {key!r} holds non-integer values")
         low, high = array.min(), array.max()
         if low < 0 or high > _INT32_MAX:
-            raise InputDataError(
-                f"{path}: {key!r} ids must lie in [0, {_INT32_MAX}], got [{low}, {high}]"
-            )
+            raise InputDataError(f"{path}: {key!r} ids must lie in [0, {_INT32_MAX}], got [{low}, {high}]")
     return array.astype(np.int32)

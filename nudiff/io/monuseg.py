@@ -46,8 +46,7 @@ def _region_vertices(region: ET.Element, path: Path) -> np.ndarray:
         except (KeyError, ValueError) as exc:
             region_id = region.attrib.get("Id", "?")
             raise InputDataError(
-                f"{path}: Region Id={region_id} has a Vertex without numeric X and Y "
-                f"({vertex.attrib})"
+                f"{path}: Region Id={region_id} has a Vertex without numeric X and Y ({vertex.attrib})"
             ) from exc
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
@@ -109,13 +108,19 @@ def read_monuseg_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndar
         logger.warning(
             "%s: skipped %d degenerate region(s) (%d with < %d distinct vertices, "
             "%d with no pixel inside the %dx%d image)",
-            path.name, few_vertices + empty, few_vertices, _MIN_DISTINCT_VERTICES,
-            empty, height, width,
+            path.name,
+            few_vertices + empty,
+            few_vertices,
+            _MIN_DISTINCT_VERTICES,
+            empty,
+            height,
+            width,
         )
     if kept != n_nuclei:
         logger.info(
             "%s: %d region(s) fully covered by later regions were dropped",
-            path.name, kept - n_nuclei,
+            path.name,
+            kept - n_nuclei,
         )
     logger.debug("%s: %d regions -> %d nuclei", path.name, len(regions), n_nuclei)
     return inst

@@ -5,7 +5,10 @@ paper's network by default, smaller variants through the same config), its encod
 (:func:`load_encoder_weights`) and its losses (:func:`hovernet_loss`).
 """
 
-from nudiff.segmentation.encoder_weights import load_encoder_weights, state_dict_from_torchvision_resnet
+from nudiff.segmentation.encoder_weights import (
+    load_encoder_weights,
+    state_dict_from_torchvision_resnet,
+)
 from nudiff.segmentation.hovernet import HoVerNet, PreActResNetEncoder
 from nudiff.segmentation.hovernet_config import HoVerNetConfig
 from nudiff.segmentation.losses import (

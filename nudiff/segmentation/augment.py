@@ -42,13 +42,19 @@ def _uniform(generator: torch.Generator, strength: float) -> float:
 
 
 def _check_strengths(brightness: float, contrast: float, saturation: float, hue: float) -> None:
-    for name, value, high in (("brightness", brightness, 1.0), ("contrast", contrast, 1.0),
-                              ("saturation", saturation, 1.0), ("hue", hue, 0.5)):
+    for name, value, high in (
+        ("brightness", brightness, 1.0),
+        ("contrast", contrast, 1.0),
+        ("saturation", saturation, 1.0),
+        ("hue", hue, 0.5),
+    ):
         if not 0.0 <= value <= high:  # also rejects NaN
             raise ValueError(f"colour jitter {name} must be in [0, {high}], got {value!r}")
     if contrast >= 1.0 or saturation >= 1.0:
-        raise ValueError(f"contrast ({contrast}) and saturation ({saturation}) must be below 1 "
-                         "(a factor of 1 - strength must stay positive)")
+        raise ValueError(
+            f"contrast ({contrast}) and saturation ({saturation}) must be below 1 "
+            "(a factor of 1 - strength must stay positive)"
+        )
 
 
 def colour_jitter(
@@ -128,6 +134,5 @@ def augment_pair(
     if flips:
         op = int(torch.randint(0, N_DIHEDRAL, (), generator=generator))
         rgb, inst = dihedral(rgb, op), dihedral(inst, op)
-    rgb = colour_jitter(rgb, generator, brightness=brightness, contrast=contrast,
-                        saturation=saturation, hue=hue)
+    rgb = colour_jitter(rgb, generator, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
     return rgb, inst

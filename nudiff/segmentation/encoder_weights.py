@@ -92,13 +92,15 @@ def load_encoder_weights(model: HoVerNet, weights: str | Path | None) -> tuple[s
                 f"{c.encoder_blocks}, stem_channels={c.stem_channels}, encoder_widths={c.encoder_widths}, "
                 f"in_channels={c.in_channels}"
             )
-        from nudiff.features import imagenet_weights_file  # one place knows torchvision's cache layout
+        from nudiff.features import (
+            imagenet_weights_file,  # one place knows torchvision's cache layout
+        )
 
         path = imagenet_weights_file()
         if not path.is_file():
             raise InputDataError(
                 f"ImageNet ResNet50 weights not found in torchvision's cache: {path}. nudiff never "
-                "downloads; run once with internet: python -c \"import torchvision; "
+                'downloads; run once with internet: python -c "import torchvision; '
                 "torchvision.models.resnet50(weights='IMAGENET1K_V1')\", or copy resnet50-0676ba61.pth "
                 "to that path (the cache folder follows $TORCH_HOME), or use encoder weights 'none'."
             )

@@ -129,8 +129,9 @@ def _decoder_level(config: HoVerNetConfig, in_ch: int, out_ch: int, n_units: int
     units: list[nn.Module] = [nn.Conv2d(in_ch, ch, k, padding=pad, bias=False)]
     for i in range(n_units):
         units.append(
-            _DenseUnit(ch + i * config.dense_growth, config.dense_bottleneck, config.dense_growth,
-                       config.dense_groups, k, pad)
+            _DenseUnit(
+                ch + i * config.dense_growth, config.dense_bottleneck, config.dense_growth, config.dense_groups, k, pad
+            )
         )
     units += [_bn_relu(out_ch), nn.Conv2d(out_ch, out_ch, 1, bias=False)]
     return nn.Sequential(*units)

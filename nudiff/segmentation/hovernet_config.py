@@ -60,28 +60,39 @@ class HoVerNetConfig:
             raise ValueError(f"HoVerNetConfig.mode must be 'fast' or 'original', got {self.mode!r}")
         if not isinstance(self.same_padding, bool):
             raise ValueError(f"HoVerNetConfig.same_padding must be a bool, got {self.same_padding!r}")
-        for name in ("in_channels", "stem_channels", "dense_growth", "dense_bottleneck", "dense_groups",
-                     "head_channels"):
+        for name in (
+            "in_channels",
+            "stem_channels",
+            "dense_growth",
+            "dense_bottleneck",
+            "dense_groups",
+            "head_channels",
+        ):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"HoVerNetConfig.{name} must be a positive int, got {getattr(self, name)!r}")
         if not _is_int(self.n_types) or self.n_types < 0 or self.n_types == 1:
             raise ValueError(f"HoVerNetConfig.n_types must be 0 (no type branch) or >= 2, got {self.n_types!r}")
         if len(self.encoder_blocks) != 4 or len(self.encoder_widths) != 4:
-            raise ValueError("HoVerNetConfig.encoder_blocks and encoder_widths need 4 entries (4 stages), got "
-                             f"{self.encoder_blocks} and {self.encoder_widths}")
+            raise ValueError(
+                "HoVerNetConfig.encoder_blocks and encoder_widths need 4 entries (4 stages), got "
+                f"{self.encoder_blocks} and {self.encoder_widths}"
+            )
         if any(w % 4 for w in self.encoder_widths):
             raise ValueError(f"HoVerNetConfig.encoder_widths must be multiples of 4, got {self.encoder_widths}")
         if len(self.decoder_units) != 2:
             raise ValueError(f"HoVerNetConfig.decoder_units needs 2 entries, got {self.decoder_units}")
         for name in ("dense_growth", "dense_bottleneck"):
             if getattr(self, name) % self.dense_groups:
-                raise ValueError(f"HoVerNetConfig.{name}={getattr(self, name)} is not divisible by "
-                                 f"dense_groups={self.dense_groups}")
+                raise ValueError(
+                    f"HoVerNetConfig.{name}={getattr(self, name)} is not divisible by dense_groups={self.dense_groups}"
+                )
         for width, units in zip(self.encoder_widths[1::-1], self.decoder_units):
             # a dense block must end with the channels of the skip it is added to
             if width - units * self.dense_growth < 1:
-                raise ValueError(f"HoVerNetConfig.decoder_units={self.decoder_units} x dense_growth="
-                                 f"{self.dense_growth} leaves no channels below encoder width {width}")
+                raise ValueError(
+                    f"HoVerNetConfig.decoder_units={self.decoder_units} x dense_growth="
+                    f"{self.dense_growth} leaves no channels below encoder width {width}"
+                )
 
     @property
     def kernel_size(self) -> int:
@@ -114,8 +125,10 @@ class HoVerNetConfig:
         u3 = stem // 4 - shrink * (1 + self.decoder_units[0])
         u2 = 2 * u3 - shrink * (1 + self.decoder_units[1])
         if u3 < 1 or u2 < 1:
-            raise ValueError(f"input size {input_size} is too small for Hover-Net's valid convolutions "
-                             f"({self.mode} mode); use a larger input or same_padding=True")
+            raise ValueError(
+                f"input size {input_size} is too small for Hover-Net's valid convolutions "
+                f"({self.mode} mode); use a larger input or same_padding=True"
+            )
         return 2 * u2
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,4 +160,3 @@ class HoVerNetConfig:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-

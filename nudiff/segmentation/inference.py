@@ -27,7 +27,13 @@ import numpy as np
 import torch
 
 from nudiff.segmentation.hovernet import HoVerNet
-from nudiff.structure import HORIZONTAL, N_CHANNELS, SEMANTIC, VERTICAL, instances_from_structure
+from nudiff.structure import (
+    HORIZONTAL,
+    N_CHANNELS,
+    SEMANTIC,
+    VERTICAL,
+    instances_from_structure,
+)
 
 NUCLEUS_CLASS = 1  # channel of the "np" logits that stands for nucleus pixels
 
@@ -48,8 +54,10 @@ def tile_geometry(model: HoVerNet, tile: int, margin: int | None = None) -> tupl
     out = config.output_size(tile)  # raises ValueError naming a bad tile size
     if not config.same_padding:
         if margin is not None:
-            raise ValueError(f"margin={margin}: a valid-padding Hover-Net fixes its own margin "
-                             f"((tile - output) / 2 = {(tile - out) / 2}); pass margin=None")
+            raise ValueError(
+                f"margin={margin}: a valid-padding Hover-Net fixes its own margin "
+                f"((tile - output) / 2 = {(tile - out) / 2}); pass margin=None"
+            )
         return (tile - out) // 2, out
     margin = tile // 4 if margin is None else margin
     if not isinstance(margin, int) or margin < 0 or tile - 2 * margin < 1:

@@ -30,12 +30,23 @@ from nudiff.errors import ConfigError, InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
 from nudiff.samples import SampleReader, read_sample_table
-from nudiff.segmentation.augment import BRIGHTNESS, CONTRAST, HUE, SATURATION, augment_pair
+from nudiff.segmentation.augment import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    SATURATION,
+    augment_pair,
+)
 from nudiff.segmentation.encoder_weights import load_encoder_weights
 from nudiff.segmentation.hovernet import HoVerNet
 from nudiff.segmentation.hovernet_config import HoVerNetConfig
 from nudiff.segmentation.losses import hovernet_loss, structure_to_targets
-from nudiff.segmentation.validation import BestWeights, plot_training, score_patches, split_validation
+from nudiff.segmentation.validation import (
+    BestWeights,
+    plot_training,
+    score_patches,
+    split_validation,
+)
 from nudiff.structure import nuclei_structure
 from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
 from nudiff.training.loop import LoopSettings, run_training
@@ -100,11 +111,15 @@ class SegmenterTraining:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"training.{name} must be a positive integer, got {value!r}")
         if not self.lr > 0 or not self.weight_decay >= 0:
-            raise ConfigError(f"training.lr must be > 0 and training.weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+            raise ConfigError(
+                f"training.lr must be > 0 and training.weight_decay >= 0, got {self.lr}, {self.weight_decay}"
+            )
         if self.lr_decay_at is not None and not 0 < self.lr_decay_at < 1:
             raise ConfigError(f"training.lr_decay_at must be in (0, 1) or null, got {self.lr_decay_at!r}")
         if not 0 <= self.freeze_encoder_fraction < 1:
-            raise ConfigError(f"training.freeze_encoder_fraction must be in [0, 1), got {self.freeze_encoder_fraction!r}")
+            raise ConfigError(
+                f"training.freeze_encoder_fraction must be in [0, 1), got {self.freeze_encoder_fraction!r}"
+            )
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not isinstance(self.watershed, dict):
@@ -116,9 +131,14 @@ class SegmenterTraining:
         return round(self.freeze_encoder_fraction * self.iterations)
 
     def loop_settings(self) -> LoopSettings:
-        return LoopSettings(iterations=self.iterations, checkpoint_every=self.checkpoint_every,
-                            keep_checkpoints=self.keep_checkpoints, log_every=self.log_every,
-                            grad_clip=self.grad_clip, ema_decay=None)
+        return LoopSettings(
+            iterations=self.iterations,
+            checkpoint_every=self.checkpoint_every,
+            keep_checkpoints=self.keep_checkpoints,
+            log_every=self.log_every,
+            grad_clip=self.grad_clip,
+            ema_decay=None,
+        )
 
 
 class PhaseSchedule:
@@ -132,7 +152,9 @@ class PhaseSchedule:
 
     def lr_at(self, step: int) -> float:
         s = self.settings
-        start, length = (1, s.frozen_steps) if step <= s.frozen_steps else (s.frozen_steps + 1, s.iterations - s.frozen_steps)
+        start, length = (
+            (1, s.frozen_steps) if step <= s.frozen_steps else (s.frozen_steps + 1, s.iterations - s.frozen_steps)
+        )
         decayed = s.lr_decay_at is not None and step - start >= s.lr_decay_at * length
         return s.lr * (LR_DECAY_FACTOR if decayed else 1.0)
 
@@ -200,8 +222,13 @@ def train_segmenter(
         net_cfg.output_size(size)
     except ValueError as err:
         raise ConfigError(f"network: patches of {samples_csv} are {size} px: {err}") from err
-    logger.info("training Hover-Net on %d patches of %d px from %s (%d validation patches)",
-                len(rgb), size, samples_csv, len(val_rows))
+    logger.info(
+        "training Hover-Net on %d patches of %d px from %s (%d validation patches)",
+        len(rgb),
+        size,
+        samples_csv,
+        len(val_rows),
+    )
 
     model = HoVerNet(net_cfg, generator=torch.Generator().manual_seed(cfg.seed))
     load_encoder_weights(model, cfg.encoder_weights)
@@ -225,28 +252,50 @@ def train_segmenter(
     validation = None
     if len(val_rows):
         val_rgb, val_inst = reader.load_all(val_rows)
-        validation = BestWeights(lambda m: score_patches(m, val_rgb, val_inst, watershed=cfg.watershed, device=device),
-                                 every=cfg.validate_every, iterations=cfg.iterations)
+        validation = BestWeights(
+            lambda m: score_patches(m, val_rgb, val_inst, watershed=cfg.watershed, device=device),
+            every=cfg.validate_every,
+            iterations=cfg.iterations,
+        )
     encoder = cfg.encoder_weights
     fingerprint = {
-        "model": MODEL_NAME, "network": net_cfg.to_dict(), "training": asdict(cfg),
+        "model": MODEL_NAME,
+        "network": net_cfg.to_dict(),
+        "training": asdict(cfg),
         "samples": file_sha256(samples_csv),
         "encoder": file_sha256(encoder) if encoder not in ("none", "imagenet") else encoder,
     }
     store = CheckpointStore(checkpoint_dir, keep=cfg.keep_checkpoints)
-    result = run_training(model, optimizer, step, cfg.loop_settings(), generator=torch.Generator().manual_seed(cfg.seed),
-                          store=store, fingerprint=fingerprint, callbacks=[schedule, *([validation] if validation else [])],
-                          device=device)
+    result = run_training(
+        model,
+        optimizer,
+        step,
+        cfg.loop_settings(),
+        generator=torch.Generator().manual_seed(cfg.seed),
+        store=store,
+        fingerprint=fingerprint,
+        callbacks=[schedule, *([validation] if validation else [])],
+        device=device,
+    )
     if validation is None:  # nothing to choose from: keep the last weights
         validation = BestWeights.final(result.model, cfg.iterations)
-    save_state(out_model, {
-        "model": MODEL_NAME, "network": net_cfg.to_dict(), "state": validation.best_state,
-        "best_step": validation.best_step, "best_score": validation.best_score,
-        "training": asdict(cfg), "input_size": size, "output_size": net_cfg.output_size(size),
-        "validation": validation.log,
-    })
-    logger.info("saved %s: weights of step %s (validation score %s)", out_model, validation.best_step,
-                validation.best_score)
+    save_state(
+        out_model,
+        {
+            "model": MODEL_NAME,
+            "network": net_cfg.to_dict(),
+            "state": validation.best_state,
+            "best_step": validation.best_step,
+            "best_score": validation.best_score,
+            "training": asdict(cfg),
+            "input_size": size,
+            "output_size": net_cfg.output_size(size),
+            "validation": validation.log,
+        },
+    )
+    logger.info(
+        "saved %s: weights of step %s (validation score %s)", out_model, validation.best_step, validation.best_score
+    )
     if loss_csv is not None:
         with atomic_path(loss_csv) as tmp:
             result.history.to_csv(tmp, index=False)

@@ -30,8 +30,12 @@ VALIDATION_COLUMNS = ["step", "dice", "aji", "score"]
 
 def _overlaps(a: pd.Series, b: pd.DataFrame) -> np.ndarray:
     """Which crops of ``b`` (columns y, x, size) share a pixel with crop ``a``."""
-    return ((b["y"] < a["y"] + a["size"]) & (a["y"] < b["y"] + b["size"])
-            & (b["x"] < a["x"] + a["size"]) & (a["x"] < b["x"] + b["size"])).to_numpy()
+    return (
+        (b["y"] < a["y"] + a["size"])
+        & (a["y"] < b["y"] + b["size"])
+        & (b["x"] < a["x"] + a["size"])
+        & (a["x"] < b["x"] + b["size"])
+    ).to_numpy()
 
 
 def split_validation(table: pd.DataFrame, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,8 +73,13 @@ def split_validation(table: pd.DataFrame, *, val_fraction: float, seed: int) -> 
         n_val = min(max(1, round(val_fraction * len(sources))), len(sources) - 1)
         held = set(rng.choice(sources, size=n_val, replace=False).tolist())
         val = real & table["image_file"].isin(held)
-        logger.info("validation: %d of %d source images (%d patches): %s", n_val, len(sources),
-                    int(val.sum()), ", ".join(sorted(held)))
+        logger.info(
+            "validation: %d of %d source images (%d patches): %s",
+            n_val,
+            len(sources),
+            int(val.sum()),
+            ", ".join(sorted(held)),
+        )
         return everything[~val.to_numpy()], everything[val.to_numpy()]
     patches = table[real]
     n_val = max(1, round(val_fraction * len(patches)))
@@ -82,8 +91,12 @@ def split_validation(table: pd.DataFrame, *, val_fraction: float, seed: int) -> 
     for row in val_rows:
         blocked |= real.to_numpy() & _overlaps(table.loc[row], table)
     train_rows = np.array([i for i in everything if i not in val_set and not blocked[i]], dtype=np.int64)
-    logger.info("validation: one source image; %d of its %d patches held out, %d overlapping ones dropped",
-                n_val, len(patches), int(blocked.sum()) - n_val)
+    logger.info(
+        "validation: one source image; %d of its %d patches held out, %d overlapping ones dropped",
+        n_val,
+        len(patches),
+        int(blocked.sum()) - n_val,
+    )
     return train_rows, np.sort(val_rows)
 
 
@@ -150,9 +163,14 @@ class BestWeights:
         if improved:
             self.best_state = _cpu_copy(model)
             self.best_step, self.best_score = step, row["score"]
-        logger.info("validation at step %d: dice %.4f aji %.4f score %.4f%s", step, row["dice"],
-                    row["aji"], row["score"], " (best so far)" if improved else f" (best {self.best_score:.4f} "
-                    f"at step {self.best_step})")
+        logger.info(
+            "validation at step %d: dice %.4f aji %.4f score %.4f%s",
+            step,
+            row["dice"],
+            row["aji"],
+            row["score"],
+            " (best so far)" if improved else f" (best {self.best_score:.4f} at step {self.best_step})",
+        )
 
     @classmethod
     def final(cls, model: nn.Module, step: int) -> BestWeights:
@@ -162,8 +180,12 @@ class BestWeights:
         return keeper
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_state": self.best_state, "best_step": self.best_step, "best_score": self.best_score,
-                "log": [dict(row) for row in self.log]}
+        return {
+            "best_state": self.best_state,
+            "best_step": self.best_step,
+            "best_score": self.best_score,
+            "log": [dict(row) for row in self.log],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_state, self.best_step = state["best_state"], state["best_step"]

@@ -130,9 +130,7 @@ def nuclei_structure(inst_map: np.ndarray) -> np.ndarray:
 def _check_channels_last(x: np.ndarray, name: str) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim < 3 or x.shape[-1] != N_CHANNELS:
-        raise ValueError(
-            f"{name} must have shape (..., H, W, {N_CHANNELS}) with channels last, got {x.shape}"
-        )
+        raise ValueError(f"{name} must have shape (..., H, W, {N_CHANNELS}) with channels last, got {x.shape}")
     return x
 
 

@@ -187,7 +187,12 @@ def run_training(
             for cb in callbacks:
                 cb.after_step(step, model, ema)
             history.append(
-                {"step": step, "loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], "seconds": time.monotonic() - tic}
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.monotonic() - tic,
+                }
             )
             window.append(history[-1]["loss"])
             if step % settings.log_every == 0 or step == settings.iterations:
@@ -195,7 +200,12 @@ def run_training(
                 eta = (settings.iterations - step) / rate
                 logger.info(
                     "step %d/%d loss %.5f (mean of last %d) %.2f it/s eta %.0f s",
-                    step, settings.iterations, sum(window) / len(window), len(window), rate, eta,
+                    step,
+                    settings.iterations,
+                    sum(window) / len(window),
+                    len(window),
+                    rate,
+                    eta,
                 )
                 window, t0 = [], time.monotonic()
             if stops:

@@ -38,11 +38,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import benchkit
+import torch
 from benchkit import median, timed
-from sampling_costs import GUIDANCE, SAMPLERS, sample_section, sample_worker, summarise_sampling
+from sampling_costs import (
+    GUIDANCE,
+    SAMPLERS,
+    sample_section,
+    sample_worker,
+    summarise_sampling,
+)
 
 PARTS = ("flops", "train", "sample")
 MODELS = ("structure", "image")
@@ -66,7 +71,9 @@ def patch_size(size_kind: str) -> int:
 
 def demo_train_batch(model: str) -> int:
     diffusion = benchkit.demo_config()["diffusion"]
-    training = diffusion["structure_model"]["training"] if model == "structure" else diffusion["image_model"]["conditional"]
+    training = (
+        diffusion["structure_model"]["training"] if model == "structure" else diffusion["image_model"]["conditional"]
+    )
     return int(training["batch_size"])
 
 
@@ -74,7 +81,13 @@ def demo_train_batch(model: str) -> int:
 
 
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from nudiff.diffusion import UNet, UNetConfig, count_parameters, l_simple, linear_schedule
+    from nudiff.diffusion import (
+        UNet,
+        UNetConfig,
+        count_parameters,
+        l_simple,
+        linear_schedule,
+    )
     from nudiff.diffusion.training import TrainingExamples
 
     torch.manual_seed(0)
@@ -102,9 +115,12 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
             data_s.append(t_data)
             net_s.append(t_net)
     return {
-        "params": count_parameters(model), "rss_after_build_mib": round(rss_built, 1),
-        "median_step_seconds": median(net_s), "steps_per_second": 1.0 / median(net_s),
-        "median_data_seconds": median(data_s), "step_seconds": net_s,
+        "params": count_parameters(model),
+        "rss_after_build_mib": round(rss_built, 1),
+        "median_step_seconds": median(net_s),
+        "steps_per_second": 1.0 / median(net_s),
+        "median_data_seconds": median(data_s),
+        "step_seconds": net_s,
     }
 
 
@@ -128,8 +144,11 @@ def flops_entry(net: dict[str, Any], size: int) -> dict[str, Any]:
     forward = benchkit.count_flops(lambda: model(x, t, cond))
     both = benchkit.count_flops(lambda: model(x, t, cond).pow(2).mean().backward())
     entry = {
-        "params": count_parameters(model), "size": size, "batch": 1,
-        "forward_flops": forward, "forward_backward_flops": both,
+        "params": count_parameters(model),
+        "size": size,
+        "batch": 1,
+        "forward_flops": forward,
+        "forward_backward_flops": both,
         "saved_activation_bytes": benchkit.saved_activation_bytes(lambda: model(x, t, cond)),
     }
     if cond is not None:
@@ -139,30 +158,46 @@ def flops_entry(net: dict[str, Any], size: int) -> dict[str, Any]:
 
 
 def bench_flops() -> dict[str, Any]:
-    return {model: {kind: flops_entry(network(kind, model), patch_size(kind)) for kind in ("demo", "paper")}
-            for model in MODELS}
+    return {
+        model: {kind: flops_entry(network(kind, model), patch_size(kind)) for kind in ("demo", "paper")}
+        for model in MODELS
+    }
 
 
 def flops_section(flops: dict[str, Any]) -> str:
     rows = []
     for model, by_size in flops.items():
         for kind, e in by_size.items():
-            rows.append({
-                "net": model, "size": f"{kind} {e['size']}x{e['size']}", "params": e["params"] / 1e6,
-                "fwd": e["forward_flops"] / 1e9, "fwdbwd": e["forward_backward_flops"] / 1e9,
-                "ratio": e["forward_backward_flops"] / e["forward_flops"],
-                "guided": e.get("guided_eval_flops", 0) / 1e9 or None,
-                "act": e["saved_activation_bytes"] / benchkit.MIB,
-            })
+            rows.append(
+                {
+                    "net": model,
+                    "size": f"{kind} {e['size']}x{e['size']}",
+                    "params": e["params"] / 1e6,
+                    "fwd": e["forward_flops"] / 1e9,
+                    "fwdbwd": e["forward_backward_flops"] / 1e9,
+                    "ratio": e["forward_backward_flops"] / e["forward_flops"],
+                    "guided": e.get("guided_eval_flops", 0) / 1e9 or None,
+                    "act": e["saved_activation_bytes"] / benchkit.MIB,
+                }
+            )
     return (
         "### FLOPs per network evaluation (batch 1)\n\n"
         "`FlopCounterMode` on the meta device: convolutions, matrix products and attention, 2 FLOPs per "
         "multiply-add; norms and element-wise ops are not counted. Activations: bytes autograd saves for "
         "backward in one float32 forward pass.\n\n"
-        + benchkit.md_table(rows, [("net", "network", ""), ("size", "size", ""), ("params", "params (M)", ".1f"),
-                                   ("fwd", "forward GFLOP", ",.1f"), ("fwdbwd", "fwd+bwd GFLOP", ",.1f"),
-                                   ("ratio", "fwd+bwd / fwd", ".2f"), ("guided", "guided eval (w=2) GFLOP", ",.1f"),
-                                   ("act", "saved activations (MiB)", ",.0f")])
+        + benchkit.md_table(
+            rows,
+            [
+                ("net", "network", ""),
+                ("size", "size", ""),
+                ("params", "params (M)", ".1f"),
+                ("fwd", "forward GFLOP", ",.1f"),
+                ("fwdbwd", "fwd+bwd GFLOP", ",.1f"),
+                ("ratio", "fwd+bwd / fwd", ".2f"),
+                ("guided", "guided eval (w=2) GFLOP", ",.1f"),
+                ("act", "saved activations (MiB)", ",.0f"),
+            ],
+        )
     )
 
 
@@ -192,8 +227,15 @@ def bench_train(args, flops: dict[str, Any], script: Path) -> list[dict[str, Any
                 if paper_train == "no" or not fits:
                     rows.append({**row, "note": f"skipped (--paper-train {paper_train}; {note})"})
                     continue
-            spec = {"task": "train", "model": model, "network": network(kind, model), "size": patch_size(kind),
-                    "batch": batch, "warmup": warmup, "steps": steps}
+            spec = {
+                "task": "train",
+                "model": model,
+                "network": network(kind, model),
+                "size": patch_size(kind),
+                "batch": batch,
+                "warmup": warmup,
+                "steps": steps,
+            }
             print(f"  training {kind} {model} ...", flush=True)
             result = benchkit.run_worker(script, spec, args.threads)
             rows.append({**row, **result, "note": result.get("error", "")})
@@ -206,11 +248,21 @@ def train_section(rows: list[dict[str, Any]]) -> str:
         "Network seconds per step are the median over the timed steps (after warm-up); data seconds are "
         "the CPU's batch drawing (flips + `nuclei_structure` per sample), measured apart. Peak RSS is the "
         "worker process's own maximum (Python + torch included).\n\n"
-        + benchkit.md_table(rows, [("size", "size", ""), ("model", "model", ""), ("params", "params", ","),
-                                   ("batch", "batch", ""), ("timed_steps", "timed steps", ""),
-                                   ("median_step_seconds", "s / step", ".3f"), ("steps_per_second", "steps / s", ".3f"),
-                                   ("median_data_seconds", "data s / step", ".4f"),
-                                   ("peak_rss_mib", "peak RSS (MiB)", ",.0f"), ("note", "note", "")])
+        + benchkit.md_table(
+            rows,
+            [
+                ("size", "size", ""),
+                ("model", "model", ""),
+                ("params", "params", ","),
+                ("batch", "batch", ""),
+                ("timed_steps", "timed steps", ""),
+                ("median_step_seconds", "s / step", ".3f"),
+                ("steps_per_second", "steps / s", ".3f"),
+                ("median_data_seconds", "data s / step", ".4f"),
+                ("peak_rss_mib", "peak RSS (MiB)", ",.0f"),
+                ("note", "note", ""),
+            ],
+        )
     )
 
 
@@ -219,16 +271,40 @@ def sample_specs(args) -> list[dict[str, Any]]:
     demo_batch = args.sample_batch or (2 if args.quick else 8)
     max_real = args.max_real_evals if args.max_real_evals is not None else (100 if args.quick else None)
     for model in MODELS:
-        specs.append({"task": "sample", "kind": "demo", "model": model, "network": network("demo", model),
-                      "size": patch_size("demo"), "batch": demo_batch, "samplers": SAMPLERS,
-                      "guidance": [0.0, GUIDANCE], "repeats": args.sample_repeats, "max_real_evals": max_real,
-                      "evals": 10, "warmup_evals": 1})
+        specs.append(
+            {
+                "task": "sample",
+                "kind": "demo",
+                "model": model,
+                "network": network("demo", model),
+                "size": patch_size("demo"),
+                "batch": demo_batch,
+                "samplers": SAMPLERS,
+                "guidance": [0.0, GUIDANCE],
+                "repeats": args.sample_repeats,
+                "max_real_evals": max_real,
+                "evals": 10,
+                "warmup_evals": 1,
+            }
+        )
     paper_models = args.paper_sample_models or ("structure" if args.quick else ",".join(MODELS))
     for model in [m for m in paper_models.split(",") if m and m != "none"]:
-        specs.append({"task": "sample", "kind": "paper", "model": model, "network": network("paper", model),
-                      "size": patch_size("paper"), "batch": args.paper_batch, "samplers": SAMPLERS,
-                      "guidance": [0.0, GUIDANCE], "repeats": 1, "max_real_evals": 0,
-                      "evals": args.paper_evals or (1 if args.quick else 3), "warmup_evals": 0})
+        specs.append(
+            {
+                "task": "sample",
+                "kind": "paper",
+                "model": model,
+                "network": network("paper", model),
+                "size": patch_size("paper"),
+                "batch": args.paper_batch,
+                "samplers": SAMPLERS,
+                "guidance": [0.0, GUIDANCE],
+                "repeats": 1,
+                "max_real_evals": 0,
+                "evals": args.paper_evals or (1 if args.quick else 3),
+                "warmup_evals": 0,
+            }
+        )
     return specs
 
 
@@ -239,16 +315,29 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--demo-train-steps", default=None, help="WARMUP+TIMED at demo size (default 5+20; quick 1+2)")
     parser.add_argument("--paper-train-steps", default="2+3", help="WARMUP+TIMED at paper size (default 2+3)")
-    parser.add_argument("--paper-train", choices=("auto", "yes", "no"), default=None,
-                        help="paper-size training: auto = when memory allows (default; quick: no)")
+    parser.add_argument(
+        "--paper-train",
+        choices=("auto", "yes", "no"),
+        default=None,
+        help="paper-size training: auto = when memory allows (default; quick: no)",
+    )
     parser.add_argument("--paper-batch", type=int, default=1, help="paper-size batch for training and sampling")
     parser.add_argument("--sample-batch", type=int, default=None, help="demo sampling batch (default 8; quick 2)")
     parser.add_argument("--sample-repeats", type=int, default=1, help="real sampling runs per sampler at demo size")
-    parser.add_argument("--max-real-evals", type=int, default=None,
-                        help="demo samplers with more steps are extrapolated (default none; quick 100)")
-    parser.add_argument("--paper-evals", type=int, default=None, help="timed evaluations at paper size (default 3; quick 1)")
-    parser.add_argument("--paper-sample-models", default=None, help="paper-size sampling of these models, or none "
-                        "(default structure,image; quick structure)")
+    parser.add_argument(
+        "--max-real-evals",
+        type=int,
+        default=None,
+        help="demo samplers with more steps are extrapolated (default none; quick 100)",
+    )
+    parser.add_argument(
+        "--paper-evals", type=int, default=None, help="timed evaluations at paper size (default 3; quick 1)"
+    )
+    parser.add_argument(
+        "--paper-sample-models",
+        default=None,
+        help="paper-size sampling of these models, or none (default structure,image; quick structure)",
+    )
     parser.add_argument("--out-dir", type=Path, default=benchkit.OUT_DIR)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -264,10 +353,14 @@ def main() -> None:
 
     print("  counting FLOPs on the meta device ...", flush=True)
     flops = bench_flops()  # always: cheap, and the paper-train memory check needs it
-    benchkit.write_json(args.out_dir / "flops_diffusion.json", {
-        "what": "FLOPs (FlopCounterMode, meta device) per batch-1 evaluation of the diffusion U-Nets",
-        "networks": flops, "guidance_scale": GUIDANCE,
-    })
+    benchkit.write_json(
+        args.out_dir / "flops_diffusion.json",
+        {
+            "what": "FLOPs (FlopCounterMode, meta device) per batch-1 evaluation of the diffusion U-Nets",
+            "networks": flops,
+            "guidance_scale": GUIDANCE,
+        },
+    )
     sections, rows, data = [], [], {"flops": flops}
     if "flops" in parts:
         sections.append(flops_section(flops))
@@ -284,8 +377,15 @@ def main() -> None:
         rows += [{"part": "sample", **r} for r in sampling]
         sections.append(sample_section(sampling))
     name = "bench_diffusion_quick" if args.quick else "bench_diffusion"
-    benchkit.write_report(name, title="Diffusion U-Nets: training, sampling, FLOPs", sections=sections,
-                          data=data, rows=rows, threads=args.threads, out_dir=args.out_dir)
+    benchkit.write_report(
+        name,
+        title="Diffusion U-Nets: training, sampling, FLOPs",
+        sections=sections,
+        data=data,
+        rows=rows,
+        threads=args.threads,
+        out_dir=args.out_dir,
+    )
 
 
 if __name__ == "__main__":

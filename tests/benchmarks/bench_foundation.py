@@ -24,11 +24,10 @@ import logging
 import tempfile
 from pathlib import Path
 
+import benchkit
 import numpy as np
 import pandas as pd
 import tifffile
-
-import benchkit
 from benchkit import median, timed
 
 PARTS = ("metrics", "structure", "patches")
@@ -106,19 +105,25 @@ def bench_metrics(test_dir: Path, n_images: int | None, repeats: int, seed: int)
                 times[name].append(seconds)
                 if name == "compute_all":
                     scores = result
-        per_image.append({
-            "image": xml.stem, "height": shape[0], "width": shape[1], **info,
-            "seconds_read_monuseg_xml": t_read,
-            **{f"seconds_{name}": median(values) for name, values in times.items()},
-            **scores,
-        })
+        per_image.append(
+            {
+                "image": xml.stem,
+                "height": shape[0],
+                "width": shape[1],
+                **info,
+                "seconds_read_monuseg_xml": t_read,
+                **{f"seconds_{name}": median(values) for name, values in times.items()},
+                **scores,
+            }
+        )
         print(f"  metrics {xml.stem}: compute_all {per_image[-1]['seconds_compute_all']:.3f} s", flush=True)
     frame = pd.DataFrame(per_image)
     separate = frame[[f"seconds_{n}" for n in ("dice", "aji", "aji_plus", "pq")]].sum(axis=1)
     summary = {
         "images": len(frame),
-        "seconds_per_image": {name: float(frame[f"seconds_{name}"].median())
-                              for name in ["read_monuseg_xml", *functions]},
+        "seconds_per_image": {
+            name: float(frame[f"seconds_{name}"].median()) for name in ["read_monuseg_xml", *functions]
+        },
         "ratio_compute_all_to_four_separate_calls": float((frame["seconds_compute_all"] / separate).median()),
         "mean_scores": {k: float(frame[k].mean()) for k in ("dice", "aji", "aji_plus", "dq", "sq", "pq")},
     }
@@ -158,15 +163,22 @@ def bench_structure(label_dir: Path, n_images: int | None, repeats: int, patch_i
             t_struct.append(seconds)
             _, seconds = timed(instances_from_structure, structure)
             t_inst.append(seconds)
-        rows.append({
-            "image": path.stem, "nuclei": int(np.unique(inst[inst > 0]).size),
-            "seconds_nuclei_structure": median(t_struct), "seconds_instances_from_structure": median(t_inst),
-        })
+        rows.append(
+            {
+                "image": path.stem,
+                "nuclei": int(np.unique(inst[inst > 0]).size),
+                "seconds_nuclei_structure": median(t_struct),
+                "seconds_instances_from_structure": median(t_inst),
+            }
+        )
         if k < patch_images:
             for y, x in patch_grid(*inst.shape, 256, 128):
                 patch_seconds.append(timed(nuclei_structure, inst[y : y + 256, x : x + 256])[1])
-        print(f"  structure {path.stem}: {rows[-1]['seconds_nuclei_structure']:.3f} s, "
-              f"watershed {rows[-1]['seconds_instances_from_structure']:.3f} s", flush=True)
+        print(
+            f"  structure {path.stem}: {rows[-1]['seconds_nuclei_structure']:.3f} s, "
+            f"watershed {rows[-1]['seconds_instances_from_structure']:.3f} s",
+            flush=True,
+        )
     frame = pd.DataFrame(rows)
     summary = {
         "images": len(frame),
@@ -182,8 +194,9 @@ def bench_structure(label_dir: Path, n_images: int | None, repeats: int, patch_i
 def structure_section(summary: dict) -> str:
     rows = [{"function": f"{name} (1000x1000 image)", "median": s} for name, s in summary["seconds_per_image"].items()]
     patch = summary["nuclei_structure_256_patch"]
-    rows.append({"function": f"nuclei_structure (256x256 patch, {patch['patches']} patches)",
-                 "median": patch["median_seconds"]})
+    rows.append(
+        {"function": f"nuclei_structure (256x256 patch, {patch['patches']} patches)", "median": patch["median_seconds"]}
+    )
     return (
         f"### (b) Structures of the {summary['images']} training labels\n\n"
         "`instances_from_structure` runs on the exact structure of the label (default watershed "
@@ -208,31 +221,51 @@ def bench_patches(train_dir: Path, n_images: int | None, batch_size: int, seed: 
         index, t_index = timed(build_patch_index, manifest, size=256, stride=128)
         write_patch_index(index, Path(tmp) / "patches.csv")
         features, t_features = timed(
-            compute_patch_features, prepared, Path(tmp) / "patches.csv", Path(tmp) / "features.npz",
-            weights="none", resize=256, crop=224, batch_size=batch_size, seed=seed,
+            compute_patch_features,
+            prepared,
+            Path(tmp) / "patches.csv",
+            Path(tmp) / "features.npz",
+            weights="none",
+            resize=256,
+            crop=224,
+            batch_size=batch_size,
+            seed=seed,
         )
     return {
-        "images": len(items), "patches": len(index), "feature_shape": list(features.shape),
-        "seconds_prepare_dataset": t_prepare, "seconds_build_patch_index": t_index,
-        "seconds_features": t_features, "batch_size": batch_size,
-        "patches_per_second_index": len(index) / t_index, "patches_per_second_features": len(index) / t_features,
+        "images": len(items),
+        "patches": len(index),
+        "feature_shape": list(features.shape),
+        "seconds_prepare_dataset": t_prepare,
+        "seconds_build_patch_index": t_index,
+        "seconds_features": t_features,
+        "batch_size": batch_size,
+        "patches_per_second_index": len(index) / t_index,
+        "patches_per_second_features": len(index) / t_features,
     }
 
 
 def patches_section(summary: dict) -> str:
     rows = [
-        {"step": "prepare_dataset (read TIFF, write PNG + labels)", "seconds": summary["seconds_prepare_dataset"],
-         "rate": None},
-        {"step": "build_patch_index (256 px, stride 128)", "seconds": summary["seconds_build_patch_index"],
-         "rate": summary["patches_per_second_index"]},
-        {"step": f"ResNet50 features (none, 224 crop, batch {summary['batch_size']})",
-         "seconds": summary["seconds_features"], "rate": summary["patches_per_second_features"]},
+        {
+            "step": "prepare_dataset (read TIFF, write PNG + labels)",
+            "seconds": summary["seconds_prepare_dataset"],
+            "rate": None,
+        },
+        {
+            "step": "build_patch_index (256 px, stride 128)",
+            "seconds": summary["seconds_build_patch_index"],
+            "rate": summary["patches_per_second_index"],
+        },
+        {
+            "step": f"ResNet50 features (none, 224 crop, batch {summary['batch_size']})",
+            "seconds": summary["seconds_features"],
+            "rate": summary["patches_per_second_features"],
+        },
     ]
     return (
         f"### (c) Patches and features ({summary['images']} training images, {summary['patches']} patches)\n\n"
         "One run each (features include building the network and reading the prepared images).\n\n"
-        + benchkit.md_table(rows, [("step", "step", ""), ("seconds", "total s", ".2f"),
-                                   ("rate", "patches / s", ".1f")])
+        + benchkit.md_table(rows, [("step", "step", ""), ("seconds", "total s", ".2f"), ("rate", "patches / s", ".1f")])
     )
 
 
@@ -264,7 +297,8 @@ def main() -> None:
         sections.append(metrics_section(data["metrics"]))
     if "structure" in parts:
         per_image, data["structure"] = bench_structure(
-            benchkit.require_monuseg("train", "labels"), n_images, repeats, patch_images)
+            benchkit.require_monuseg("train", "labels"), n_images, repeats, patch_images
+        )
         rows += [{"part": "structure", **row} for row in per_image]
         sections.append(structure_section(data["structure"]))
     if "patches" in parts:
@@ -272,8 +306,15 @@ def main() -> None:
         rows.append({"part": "patches", **{k: v for k, v in data["patches"].items() if k != "feature_shape"}})
         sections.append(patches_section(data["patches"]))
     name = "bench_foundation_quick" if args.quick else "bench_foundation"
-    benchkit.write_report(name, title="Foundation: metrics, structures, patches and features", sections=sections,
-                          data=data, rows=rows, threads=args.threads, out_dir=args.out_dir)
+    benchkit.write_report(
+        name,
+        title="Foundation: metrics, structures, patches and features",
+        sections=sections,
+        data=data,
+        rows=rows,
+        threads=args.threads,
+        out_dir=args.out_dir,
+    )
 
 
 if __name__ == "__main__":

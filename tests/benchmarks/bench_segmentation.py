@@ -36,10 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchkit
 import numpy as np
 import torch
-
-import benchkit
 from benchkit import median, timed
 
 PARTS = ("flops", "train", "infer")
@@ -52,10 +51,14 @@ def settings(kind: str) -> dict[str, Any]:
         config = benchkit.demo_config()
         hovernet = config["segmentation"]["hovernet"]
         inference = hovernet.get("inference", {})
-        return {"network": hovernet["network"], "size": int(config["patches"]["size"]),
-                "batch": int(hovernet["training"]["batch_size"]),
-                "tile": inference.get("tile") or int(config["patches"]["size"]), "margin": inference.get("margin"),
-                "infer_batch": int(inference.get("batch_size", 8))}
+        return {
+            "network": hovernet["network"],
+            "size": int(config["patches"]["size"]),
+            "batch": int(hovernet["training"]["batch_size"]),
+            "tile": inference.get("tile") or int(config["patches"]["size"]),
+            "margin": inference.get("margin"),
+            "infer_batch": int(inference.get("batch_size", 8)),
+        }
     size = int(benchkit.schema_defaults("properties", "patches")["size"])
     return {"network": {}, "size": size, "batch": None, "tile": size, "margin": None, "infer_batch": 8}
 
@@ -74,7 +77,12 @@ def tiles_per_image(network: dict[str, Any], tile: int, margin: int | None, side
 
 
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from nudiff.segmentation import HoVerNet, HoVerNetConfig, hovernet_loss, structure_to_targets
+    from nudiff.segmentation import (
+        HoVerNet,
+        HoVerNetConfig,
+        hovernet_loss,
+        structure_to_targets,
+    )
     from nudiff.segmentation.augment import augment_pair
     from nudiff.structure import nuclei_structure
 
@@ -108,9 +116,12 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
             data_s.append(t_data)
             net_s.append(t_net)
     return {
-        "params": sum(p.numel() for p in model.parameters()), "rss_after_build_mib": round(rss_built, 1),
-        "median_step_seconds": median(net_s), "steps_per_second": 1.0 / median(net_s),
-        "median_data_seconds": median(data_s), "step_seconds": net_s,
+        "params": sum(p.numel() for p in model.parameters()),
+        "rss_after_build_mib": round(rss_built, 1),
+        "median_step_seconds": median(net_s),
+        "steps_per_second": 1.0 / median(net_s),
+        "median_data_seconds": median(data_s),
+        "step_seconds": net_s,
     }
 
 
@@ -130,16 +141,22 @@ def infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
         full_tiles = math.ceil(rgb.shape[0] / keep) * math.ceil(rgb.shape[1] / keep)
         crop = rgb if spec["crop_tiles"] is None else rgb[: spec["crop_tiles"] * keep, : spec["crop_tiles"] * keep]
         run_tiles = math.ceil(crop.shape[0] / keep) * math.ceil(crop.shape[1] / keep)
-        structure, seconds = timed(predict_structure, model, crop, tile=spec["tile"], margin=spec["margin"],
-                                   batch_size=spec["infer_batch"])
+        structure, seconds = timed(
+            predict_structure, model, crop, tile=spec["tile"], margin=spec["margin"], batch_size=spec["infer_batch"]
+        )
         _, post_net = timed(instances_from_structure, structure)
         _, post_true = timed(instances_from_structure, nuclei_structure(label))
-        rows.append({
-            "image": path.stem, "tiles_run": run_tiles, "tiles_per_image": full_tiles,
-            "seconds_predict_structure": seconds * full_tiles / run_tiles,
-            "seconds_post_untrained_output": post_net, "seconds_post_true_structure": post_true,
-            "method": "measured" if run_tiles == full_tiles else f"extrapolated from {run_tiles} tiles",
-        })
+        rows.append(
+            {
+                "image": path.stem,
+                "tiles_run": run_tiles,
+                "tiles_per_image": full_tiles,
+                "seconds_predict_structure": seconds * full_tiles / run_tiles,
+                "seconds_post_untrained_output": post_net,
+                "seconds_post_true_structure": post_true,
+                "method": "measured" if run_tiles == full_tiles else f"extrapolated from {run_tiles} tiles",
+            }
+        )
     return {"images": rows}
 
 
@@ -166,32 +183,50 @@ def flops_entry(kind: str) -> dict[str, Any]:
         sum(v.float().pow(2).mean() for v in out.values()).backward()
 
     return {
-        "params": sum(p.numel() for p in model.parameters()), "size": s["size"], "batch": 1,
+        "params": sum(p.numel() for p in model.parameters()),
+        "size": s["size"],
+        "batch": 1,
         "output_size": config.output_size(s["size"]),
         "forward_flops": benchkit.count_flops(lambda: model(x)),
         "forward_backward_flops": benchkit.count_flops(loss),
         "saved_activation_bytes": benchkit.saved_activation_bytes(lambda: model(x)),
-        "tile": s["tile"], "margin": s["margin"],
+        "tile": s["tile"],
+        "margin": s["margin"],
         "tiles_per_1000x1000_image": tiles_per_image(s["network"], s["tile"], s["margin"]),
     }
 
 
 def flops_section(flops: dict[str, Any]) -> str:
-    rows = [{
-        "size": f"{kind} {e['size']}x{e['size']} -> {e['output_size']}", "params": e["params"] / 1e6,
-        "fwd": e["forward_flops"] / 1e9, "fwdbwd": e["forward_backward_flops"] / 1e9,
-        "ratio": e["forward_backward_flops"] / e["forward_flops"], "tiles": e["tiles_per_1000x1000_image"],
-        "image": e["forward_flops"] * e["tiles_per_1000x1000_image"] / 1e12,
-        "act": e["saved_activation_bytes"] / benchkit.MIB,
-    } for kind, e in flops.items()]
+    rows = [
+        {
+            "size": f"{kind} {e['size']}x{e['size']} -> {e['output_size']}",
+            "params": e["params"] / 1e6,
+            "fwd": e["forward_flops"] / 1e9,
+            "fwdbwd": e["forward_backward_flops"] / 1e9,
+            "ratio": e["forward_backward_flops"] / e["forward_flops"],
+            "tiles": e["tiles_per_1000x1000_image"],
+            "image": e["forward_flops"] * e["tiles_per_1000x1000_image"] / 1e12,
+            "act": e["saved_activation_bytes"] / benchkit.MIB,
+        }
+        for kind, e in flops.items()
+    ]
     return (
         "### FLOPs of Hover-Net (batch 1)\n\n"
         "`FlopCounterMode` on the meta device (convolutions and matrix products, 2 FLOPs per multiply-add). "
         "Per image: tiles x forward FLOPs. Activations: bytes autograd saves for backward, float32.\n\n"
-        + benchkit.md_table(rows, [("size", "size", ""), ("params", "params (M)", ".1f"),
-                                   ("fwd", "forward GFLOP", ",.1f"), ("fwdbwd", "fwd+bwd GFLOP", ",.1f"),
-                                   ("ratio", "fwd+bwd / fwd", ".2f"), ("tiles", "tiles / 1000x1000", ""),
-                                   ("image", "TFLOP / image", ".2f"), ("act", "saved activations (MiB)", ",.0f")])
+        + benchkit.md_table(
+            rows,
+            [
+                ("size", "size", ""),
+                ("params", "params (M)", ".1f"),
+                ("fwd", "forward GFLOP", ",.1f"),
+                ("fwdbwd", "fwd+bwd GFLOP", ",.1f"),
+                ("ratio", "fwd+bwd / fwd", ".2f"),
+                ("tiles", "tiles / 1000x1000", ""),
+                ("image", "TFLOP / image", ".2f"),
+                ("act", "saved activations (MiB)", ",.0f"),
+            ],
+        )
     )
 
 
@@ -203,15 +238,29 @@ def bench_train(args, script: Path) -> list[dict[str, Any]]:
     for kind in ("demo", "paper"):
         s = settings(kind)
         default = ("1+2" if args.quick else "5+20") if kind == "demo" else ("0+1" if args.quick else "1+3")
-        warmup, steps = benchkit.parse_steps((args.demo_train_steps if kind == "demo" else args.paper_train_steps)
-                                             or default)
+        warmup, steps = benchkit.parse_steps(
+            (args.demo_train_steps if kind == "demo" else args.paper_train_steps) or default
+        )
         batch = s["batch"] if kind == "demo" else (args.paper_batch or (1 if args.quick else 2))
-        spec = {"task": "train", "network": s["network"], "size": s["size"], "batch": batch,
-                "warmup": warmup, "steps": steps}
+        spec = {
+            "task": "train",
+            "network": s["network"],
+            "size": s["size"],
+            "batch": batch,
+            "warmup": warmup,
+            "steps": steps,
+        }
         print(f"  training {kind} ...", flush=True)
         result = benchkit.run_worker(script, spec, args.threads)
-        rows.append({"size": f"{kind} {s['size']}", "batch": batch, "timed_steps": steps, **result,
-                     "note": result.get("error", "")})
+        rows.append(
+            {
+                "size": f"{kind} {s['size']}",
+                "batch": batch,
+                "timed_steps": steps,
+                **result,
+                "note": result.get("error", ""),
+            }
+        )
     return rows
 
 
@@ -220,11 +269,20 @@ def train_section(rows: list[dict[str, Any]]) -> str:
         "### Training steps (forward + `hovernet_loss` + backward + Adam)\n\n"
         "Median over the timed steps after warm-up; data seconds (augmentation + `nuclei_structure` of the "
         "batch on the CPU) measured apart. Peak RSS: the worker process's own maximum.\n\n"
-        + benchkit.md_table(rows, [("size", "size", ""), ("params", "params", ","), ("batch", "batch", ""),
-                                   ("timed_steps", "timed steps", ""), ("median_step_seconds", "s / step", ".3f"),
-                                   ("steps_per_second", "steps / s", ".3f"),
-                                   ("median_data_seconds", "data s / step", ".4f"),
-                                   ("peak_rss_mib", "peak RSS (MiB)", ",.0f"), ("note", "note", "")])
+        + benchkit.md_table(
+            rows,
+            [
+                ("size", "size", ""),
+                ("params", "params", ","),
+                ("batch", "batch", ""),
+                ("timed_steps", "timed steps", ""),
+                ("median_step_seconds", "s / step", ".3f"),
+                ("steps_per_second", "steps / s", ".3f"),
+                ("median_data_seconds", "data s / step", ".4f"),
+                ("peak_rss_mib", "peak RSS (MiB)", ",.0f"),
+                ("note", "note", ""),
+            ],
+        )
     )
 
 
@@ -233,20 +291,39 @@ def bench_infer(args, script: Path) -> list[dict[str, Any]]:
     n_images = args.images or (1 if args.quick else 2)
     for kind in ("demo", "paper"):
         s = settings(kind)
-        spec = {"task": "infer", "network": s["network"], "tile": s["tile"], "margin": s["margin"],
-                "infer_batch": s["infer_batch"], "images": n_images,
-                "crop_tiles": 2 if (args.quick and kind == "paper") else None}
+        spec = {
+            "task": "infer",
+            "network": s["network"],
+            "tile": s["tile"],
+            "margin": s["margin"],
+            "infer_batch": s["infer_batch"],
+            "images": n_images,
+            "crop_tiles": 2 if (args.quick and kind == "paper") else None,
+        }
         print(f"  inference {kind} ...", flush=True)
         result = benchkit.run_worker(script, spec, args.threads)
         per_image = result.get("images", [])
-        rows.append({
-            "size": kind, "tile": s["tile"], "margin": s["margin"], "infer_batch": s["infer_batch"],
-            "images": len(per_image), "tiles_per_image": per_image[0]["tiles_per_image"] if per_image else None,
-            **{key: median([r[key] for r in per_image]) for key in (
-                "seconds_predict_structure", "seconds_post_untrained_output", "seconds_post_true_structure")},
-            "method": per_image[0]["method"] if per_image else result.get("error"),
-            "peak_rss_mib": result.get("peak_rss_mib"), "per_image": per_image,
-        })
+        rows.append(
+            {
+                "size": kind,
+                "tile": s["tile"],
+                "margin": s["margin"],
+                "infer_batch": s["infer_batch"],
+                "images": len(per_image),
+                "tiles_per_image": per_image[0]["tiles_per_image"] if per_image else None,
+                **{
+                    key: median([r[key] for r in per_image])
+                    for key in (
+                        "seconds_predict_structure",
+                        "seconds_post_untrained_output",
+                        "seconds_post_true_structure",
+                    )
+                },
+                "method": per_image[0]["method"] if per_image else result.get("error"),
+                "peak_rss_mib": result.get("peak_rss_mib"),
+                "per_image": per_image,
+            }
+        )
     return rows
 
 
@@ -256,12 +333,21 @@ def infer_section(rows: list[dict[str, Any]]) -> str:
         "`predict_structure` with the configuration's tiles (median over images). Post-processing "
         "(`instances_from_structure`, default settings) apart: on the untrained network's output, and on the "
         "exact structure of the XML label (representative of a trained network).\n\n"
-        + benchkit.md_table(rows, [("size", "size", ""), ("tile", "tile", ""), ("infer_batch", "tiles / pass", ""),
-                                   ("tiles_per_image", "tiles / image", ""), ("images", "images", ""),
-                                   ("seconds_predict_structure", "predict_structure s", ",.2f"),
-                                   ("seconds_post_untrained_output", "post s (untrained output)", ".3f"),
-                                   ("seconds_post_true_structure", "post s (true structure)", ".3f"),
-                                   ("peak_rss_mib", "peak RSS (MiB)", ",.0f"), ("method", "method", "")])
+        + benchkit.md_table(
+            rows,
+            [
+                ("size", "size", ""),
+                ("tile", "tile", ""),
+                ("infer_batch", "tiles / pass", ""),
+                ("tiles_per_image", "tiles / image", ""),
+                ("images", "images", ""),
+                ("seconds_predict_structure", "predict_structure s", ",.2f"),
+                ("seconds_post_untrained_output", "post s (untrained output)", ".3f"),
+                ("seconds_post_true_structure", "post s (true structure)", ".3f"),
+                ("peak_rss_mib", "peak RSS (MiB)", ",.0f"),
+                ("method", "method", ""),
+            ],
+        )
     )
 
 
@@ -288,10 +374,13 @@ def main() -> None:
     script = Path(__file__).resolve()
 
     flops = {kind: flops_entry(kind) for kind in ("demo", "paper")}
-    benchkit.write_json(args.out_dir / "flops_segmentation.json", {
-        "what": "FLOPs (FlopCounterMode, meta device) per batch-1 forward of Hover-Net, tiles per 1000x1000 image",
-        "networks": {"hovernet": flops},
-    })
+    benchkit.write_json(
+        args.out_dir / "flops_segmentation.json",
+        {
+            "what": "FLOPs (FlopCounterMode, meta device) per batch-1 forward of Hover-Net, tiles per 1000x1000 image",
+            "networks": {"hovernet": flops},
+        },
+    )
     sections, rows, data = [], [], {"flops": flops}
     if "flops" in parts:
         sections.append(flops_section(flops))
@@ -304,8 +393,15 @@ def main() -> None:
         rows += [{"part": "infer", **{k: v for k, v in r.items() if k != "per_image"}} for r in data["infer"]]
         sections.append(infer_section(data["infer"]))
     name = "bench_segmentation_quick" if args.quick else "bench_segmentation"
-    benchkit.write_report(name, title="Hover-Net: training, inference, FLOPs", sections=sections, data=data,
-                          rows=rows, threads=args.threads, out_dir=args.out_dir)
+    benchkit.write_report(
+        name,
+        title="Hover-Net: training, inference, FLOPs",
+        sections=sections,
+        data=data,
+        rows=rows,
+        threads=args.threads,
+        out_dir=args.out_dir,
+    )
 
 
 if __name__ == "__main__":

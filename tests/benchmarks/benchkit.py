@@ -146,7 +146,7 @@ def run_worker(script: Path, spec: dict[str, Any], threads: int) -> dict[str, An
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         return {"error": f"worker exited with {proc.returncode}", "spec": spec}
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 def report_worker(result: dict[str, Any]) -> None:

@@ -54,27 +54,62 @@ def rule_table(flops: dict[str, Any], *, seeds: int) -> list[dict[str, Any]]:
     rules = []
     for dataset, n_pairs in SYNTHETIC.items():
         rules += [
-            {"dataset": dataset, "rule": "train_structure_model", "network": "structure U-Net", "jobs": len(SUBSETS),
-             "work": "200k steps x batch 4 x 3 x fwd", "flops_per_job": 200_000 * 4 * train * s["forward_flops"]},
-            {"dataset": dataset, "rule": "train_image_model_conditional", "network": "image U-Net (SPADE)",
-             "jobs": len(SUBSETS), "work": "150k steps x batch 1 x 3 x fwd",
-             "flops_per_job": 150_000 * 1 * train * i["forward_flops"]},
-            {"dataset": dataset, "rule": "train_image_model_guided", "network": "image U-Net (SPADE)",
-             "jobs": len(SUBSETS), "work": "150k steps x batch 1 x 3 x fwd",
-             "flops_per_job": 150_000 * 1 * train * i["forward_flops"]},
-            {"dataset": dataset, "rule": "sample_structures", "network": "structure U-Net", "jobs": len(SUBSETS),
-             "work": f"N={'/'.join(map(str, n_pairs))} x 1000 x fwd",
-             "flops_total": sum(n_pairs) * 1000 * s["forward_flops"]},
-            {"dataset": dataset, "rule": "sample_images", "network": "image U-Net (SPADE)", "jobs": len(SUBSETS),
-             "work": f"N={'/'.join(map(str, n_pairs))} x 1000 x guided eval (2 x fwd)",
-             "flops_total": sum(n_pairs) * 1000 * i["guided_eval_flops"]},
-            {"dataset": dataset, "rule": "train_segmenter", "network": "Hover-Net (fast)",
-             "jobs": len(SUBSETS) * TRAINSETS * seeds, "work": "20k steps x batch 8 x 3 x fwd",
-             "flops_per_job": 20_000 * 8 * train * h["forward_flops"]},
-            {"dataset": dataset, "rule": "segment_test_images", "network": "Hover-Net (fast)",
-             "jobs": len(SUBSETS) * TRAINSETS * seeds,
-             "work": f"{TEST_IMAGES[dataset]} images x {h['tiles_per_1000x1000_image']} tiles x fwd",
-             "flops_per_job": TEST_IMAGES[dataset] * h["tiles_per_1000x1000_image"] * h["forward_flops"]},
+            {
+                "dataset": dataset,
+                "rule": "train_structure_model",
+                "network": "structure U-Net",
+                "jobs": len(SUBSETS),
+                "work": "200k steps x batch 4 x 3 x fwd",
+                "flops_per_job": 200_000 * 4 * train * s["forward_flops"],
+            },
+            {
+                "dataset": dataset,
+                "rule": "train_image_model_conditional",
+                "network": "image U-Net (SPADE)",
+                "jobs": len(SUBSETS),
+                "work": "150k steps x batch 1 x 3 x fwd",
+                "flops_per_job": 150_000 * 1 * train * i["forward_flops"],
+            },
+            {
+                "dataset": dataset,
+                "rule": "train_image_model_guided",
+                "network": "image U-Net (SPADE)",
+                "jobs": len(SUBSETS),
+                "work": "150k steps x batch 1 x 3 x fwd",
+                "flops_per_job": 150_000 * 1 * train * i["forward_flops"],
+            },
+            {
+                "dataset": dataset,
+                "rule": "sample_structures",
+                "network": "structure U-Net",
+                "jobs": len(SUBSETS),
+                "work": f"N={'/'.join(map(str, n_pairs))} x 1000 x fwd",
+                "flops_total": sum(n_pairs) * 1000 * s["forward_flops"],
+            },
+            {
+                "dataset": dataset,
+                "rule": "sample_images",
+                "network": "image U-Net (SPADE)",
+                "jobs": len(SUBSETS),
+                "work": f"N={'/'.join(map(str, n_pairs))} x 1000 x guided eval (2 x fwd)",
+                "flops_total": sum(n_pairs) * 1000 * i["guided_eval_flops"],
+            },
+            {
+                "dataset": dataset,
+                "rule": "train_segmenter",
+                "network": "Hover-Net (fast)",
+                "jobs": len(SUBSETS) * TRAINSETS * seeds,
+                "work": "20k steps x batch 8 x 3 x fwd",
+                "flops_per_job": 20_000 * 8 * train * h["forward_flops"],
+            },
+            {
+                "dataset": dataset,
+                "rule": "segment_test_images",
+                "network": "Hover-Net (fast)",
+                "jobs": len(SUBSETS) * TRAINSETS * seeds,
+                "work": f"{TEST_IMAGES[dataset]} images x {h['tiles_per_1000x1000_image']} tiles x fwd",
+                "flops_per_job": TEST_IMAGES[dataset] * h["tiles_per_1000x1000_image"] * h["forward_flops"],
+            },
         ]
     for row in rules:
         if "flops_total" not in row:
@@ -87,19 +122,27 @@ def rule_table(flops: dict[str, Any], *, seeds: int) -> list[dict[str, Any]]:
 def memory_table(flops: dict[str, Any], cpu: dict[str, Any]) -> list[dict[str, Any]]:
     """Training memory estimates: weights + gradients + optimiser (+ EMA) + activations."""
     rows = []
-    for rule, key, batch, ema in (("train_structure_model", "structure", 4, True),
-                                  ("train_image_model_*", "image", 1, True),
-                                  ("train_segmenter", "hovernet", 8, False)):
+    for rule, key, batch, ema in (
+        ("train_structure_model", "structure", 4, True),
+        ("train_image_model_*", "image", 1, True),
+        ("train_segmenter", "hovernet", 8, False),
+    ):
         e = flops[key]
         p = e["params"]
         fixed = p * BYTES_FP32 * (1 + 1 + 2 + (1 if ema else 0))  # weights, grads, Adam(W) m and v, EMA copy
         act = e["saved_activation_bytes"] * batch
-        rows.append({
-            "rule": rule, "params_m": p / 1e6, "batch": batch,
-            "fixed_gib": fixed / benchkit.GIB, "act_fp32_gib": act / benchkit.GIB,
-            "total_fp32_gib": (fixed + act) / benchkit.GIB, "total_bf16_gib": (fixed + act / 2) / benchkit.GIB,
-            "cpu_peak_rss_mib": cpu.get(key),
-        })
+        rows.append(
+            {
+                "rule": rule,
+                "params_m": p / 1e6,
+                "batch": batch,
+                "fixed_gib": fixed / benchkit.GIB,
+                "act_fp32_gib": act / benchkit.GIB,
+                "total_fp32_gib": (fixed + act) / benchkit.GIB,
+                "total_bf16_gib": (fixed + act / 2) / benchkit.GIB,
+                "cpu_peak_rss_mib": cpu.get(key),
+            }
+        )
     return rows
 
 
@@ -110,15 +153,32 @@ def cpu_data_rows(flops, throughput, foundation, segmentation) -> list[dict[str,
         per_patch = foundation["structure"]["nuclei_structure_256_patch"]["median_seconds"]
         for rule, key, batch in (("train_structure_model", "structure", 4), ("train_image_model_*", "image", 1)):
             gpu = 3 * batch * flops[key]["forward_flops"] / throughput
-            rows.append({"rule": rule, "batch": batch, "cpu_s": per_patch * batch, "gpu_s": gpu,
-                         "source": "bench_foundation: nuclei_structure per 256 px patch x batch"})
-    train = [r for r in (segmentation or {}).get("train", []) if r.get("size", "").startswith("paper")
-             and r.get("median_data_seconds") is not None]
+            rows.append(
+                {
+                    "rule": rule,
+                    "batch": batch,
+                    "cpu_s": per_patch * batch,
+                    "gpu_s": gpu,
+                    "source": "bench_foundation: nuclei_structure per 256 px patch x batch",
+                }
+            )
+    train = [
+        r
+        for r in (segmentation or {}).get("train", [])
+        if r.get("size", "").startswith("paper") and r.get("median_data_seconds") is not None
+    ]
     if train:
         per_sample = train[0]["median_data_seconds"] / train[0]["batch"]
         gpu = 3 * 8 * flops["hovernet"]["forward_flops"] / throughput
-        rows.append({"rule": "train_segmenter", "batch": 8, "cpu_s": per_sample * 8, "gpu_s": gpu,
-                     "source": "bench_segmentation: augment_pair + nuclei_structure per sample x 8"})
+        rows.append(
+            {
+                "rule": "train_segmenter",
+                "batch": 8,
+                "cpu_s": per_sample * 8,
+                "gpu_s": gpu,
+                "source": "bench_segmentation: augment_pair + nuclei_structure per sample x 8",
+            }
+        )
     for row in rows:
         row["ratio"] = row["cpu_s"] / row["gpu_s"]
     return rows
@@ -145,9 +205,11 @@ def main() -> None:
     foundation, foundation_src = load(args.out_dir, "bench_foundation", required=False)
     segmentation, segmentation_src = load(args.out_dir, "bench_segmentation", required=False)
     diffusion_bench, diffusion_src = load(args.out_dir, "bench_diffusion", required=False)
-    flops = {"structure": diffusion["networks"]["structure"]["paper"],
-             "image": diffusion["networks"]["image"]["paper"],
-             "hovernet": segmentation_flops["networks"]["hovernet"]["paper"]}
+    flops = {
+        "structure": diffusion["networks"]["structure"]["paper"],
+        "image": diffusion["networks"]["image"]["paper"],
+        "hovernet": segmentation_flops["networks"]["hovernet"]["paper"],
+    }
     peak = args.peak_tflops * 1e12
     throughput = peak * args.utilisation
 
@@ -163,9 +225,15 @@ def main() -> None:
     for dataset in SYNTHETIC:
         mine = [r for r in rules if r["dataset"] == dataset]
         total = sum(r["flops_total"] for r in mine)
-        totals.append({"dataset": dataset, "rule": "**total**", "pflop": total / 1e15,
-                       "gpu_hours": total / throughput / 3600,
-                       "range": f"{total / (peak * args.high) / 3600:,.0f} - {total / (peak * args.low) / 3600:,.0f}"})
+        totals.append(
+            {
+                "dataset": dataset,
+                "rule": "**total**",
+                "pflop": total / 1e15,
+                "gpu_hours": total / throughput / 3600,
+                "range": f"{total / (peak * args.high) / 3600:,.0f} - {total / (peak * args.low) / 3600:,.0f}",
+            }
+        )
 
     cpu_rss = {}
     for source, key_of in ((diffusion_bench, lambda r: r.get("model")), (segmentation, lambda r: "hovernet")):
@@ -193,16 +261,31 @@ def main() -> None:
     )
     per_rule = benchkit.md_table(
         [*rules, *totals],
-        [("dataset", "dataset", ""), ("rule", "rule", ""), ("network", "network", ""), ("work", "work per job", ""),
-         ("jobs", "jobs", ""), ("pflop", "PFLOP (all jobs)", ",.1f"),
-         ("gpu_hours_per_job", f"GPU-h / job @{args.utilisation:.0%}", ",.3f"),
-         ("gpu_hours", f"GPU-h (all jobs) @{args.utilisation:.0%}", ",.2f"),
-         ("range", f"GPU-h range @{args.high:.0%}..{args.low:.0%}", "")])
-    memory_md = benchkit.md_table(memory, [
-        ("rule", "training rule", ""), ("params_m", "params (M)", ".1f"), ("batch", "batch", ""),
-        ("fixed_gib", "weights+grads+Adam(+EMA) GiB", ".1f"), ("act_fp32_gib", "activations fp32 GiB", ".1f"),
-        ("total_fp32_gib", "total fp32 GiB", ".1f"), ("total_bf16_gib", "total, bf16 activations GiB", ".1f"),
-        ("cpu_peak_rss_mib", "CPU peak RSS MiB (measured, if run)", "")])
+        [
+            ("dataset", "dataset", ""),
+            ("rule", "rule", ""),
+            ("network", "network", ""),
+            ("work", "work per job", ""),
+            ("jobs", "jobs", ""),
+            ("pflop", "PFLOP (all jobs)", ",.1f"),
+            ("gpu_hours_per_job", f"GPU-h / job @{args.utilisation:.0%}", ",.3f"),
+            ("gpu_hours", f"GPU-h (all jobs) @{args.utilisation:.0%}", ",.2f"),
+            ("range", f"GPU-h range @{args.high:.0%}..{args.low:.0%}", ""),
+        ],
+    )
+    memory_md = benchkit.md_table(
+        memory,
+        [
+            ("rule", "training rule", ""),
+            ("params_m", "params (M)", ".1f"),
+            ("batch", "batch", ""),
+            ("fixed_gib", "weights+grads+Adam(+EMA) GiB", ".1f"),
+            ("act_fp32_gib", "activations fp32 GiB", ".1f"),
+            ("total_fp32_gib", "total fp32 GiB", ".1f"),
+            ("total_bf16_gib", "total, bf16 activations GiB", ".1f"),
+            ("cpu_peak_rss_mib", "CPU peak RSS MiB (measured, if run)", ""),
+        ],
+    )
     sections = [
         "### GPU-hours per rule at paper scale (estimates)\n\n" + assumption + "\n\n" + per_rule,
         "### GPU memory of the training jobs (estimates)\n\n"
@@ -222,17 +305,43 @@ def main() -> None:
             "The training loops prepare each batch on the CPU, in the training process, before the GPU step. "
             "CPU seconds: measured on the benchmark machine (one process, timings rough); GPU seconds: the "
             f"estimate above at {args.utilisation:.0%}. A ratio above 1 means the job waits on the CPU.\n\n"
-            + benchkit.md_table(data_rows, [("rule", "rule", ""), ("batch", "batch", ""),
-                                            ("cpu_s", "CPU s / step", ".3f"), ("gpu_s", "GPU s / step (est.)", ".3f"),
-                                            ("ratio", "CPU / GPU", ".2f"), ("source", "CPU source", "")])
-            + f"\n\nSources: {', '.join(s for s in (foundation_src, segmentation_src) if s)}.")
+            + benchkit.md_table(
+                data_rows,
+                [
+                    ("rule", "rule", ""),
+                    ("batch", "batch", ""),
+                    ("cpu_s", "CPU s / step", ".3f"),
+                    ("gpu_s", "GPU s / step (est.)", ".3f"),
+                    ("ratio", "CPU / GPU", ".2f"),
+                    ("source", "CPU source", ""),
+                ],
+            )
+            + f"\n\nSources: {', '.join(s for s in (foundation_src, segmentation_src) if s)}."
+        )
     benchkit.write_report(
-        "gpu_costs", title="Paper-scale GPU cost estimates", sections=sections,
-        data={"assumption": {"gpu": args.gpu, "peak_tflops": args.peak_tflops, "utilisation": args.utilisation,
-                             "low": args.low, "high": args.high, "seeds": args.seeds},
-              "flops": flops, "rules": rules, "totals": totals, "memory": memory, "cpu_data": data_rows,
-              "sources": [s for s in (foundation_src, segmentation_src, diffusion_src) if s]},
-        rows=[*rules, *totals], threads=args.threads, out_dir=args.out_dir)
+        "gpu_costs",
+        title="Paper-scale GPU cost estimates",
+        sections=sections,
+        data={
+            "assumption": {
+                "gpu": args.gpu,
+                "peak_tflops": args.peak_tflops,
+                "utilisation": args.utilisation,
+                "low": args.low,
+                "high": args.high,
+                "seeds": args.seeds,
+            },
+            "flops": flops,
+            "rules": rules,
+            "totals": totals,
+            "memory": memory,
+            "cpu_data": data_rows,
+            "sources": [s for s in (foundation_src, segmentation_src, diffusion_src) if s],
+        },
+        rows=[*rules, *totals],
+        threads=args.threads,
+        out_dir=args.out_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,10 @@ def main() -> None:
             parts.append(report.read_text() + f"\n_{name} took {minutes:.1f} min._\n")
         else:
             parts.append(f"## {name}\n\nNo report at {report}.\n")
-    header = (f"# nudiff benchmarks\n\nCommand (from the repository root): `{benchkit.command()}`. "
-              "Timings are medians on a CPU and are rough on a shared machine; GPU figures are estimates.\n\n")
+    header = (
+        f"# nudiff benchmarks\n\nCommand (from the repository root): `{benchkit.command()}`. "
+        "Timings are medians on a CPU and are rough on a shared machine; GPU figures are estimates.\n\n"
+    )
     out = args.out_dir / "summary.md"
     from nudiff.io.atomic import atomic_path
 

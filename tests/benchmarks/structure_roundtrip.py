@@ -51,6 +51,7 @@ MONUSEG = Path(os.environ.get("NUDIFF_MONUSEG", REPO.parent / "shared" / "data" 
 DEFAULT_LABELS = MONUSEG / "train" / "labels"
 DEFAULT_OUT = REPO / "benchmarks" / "structure_roundtrip.csv"
 
+
 def local_aji(true: np.ndarray, pred: np.ndarray) -> float:
     """AJI (Kumar et al. 2017) as HoVer-Net's get_fast_aji: each truth takes its best-IoU prediction.
 

@@ -32,7 +32,7 @@ def _drop_collinear(points: np.ndarray) -> np.ndarray:
 
 
 def main(monuseg: Path) -> None:
-    window = np.s_[ROW:ROW + SIZE, COL:COL + SIZE]
+    window = np.s_[ROW : ROW + SIZE, COL : COL + SIZE]
     image = tifffile.imread(monuseg / "train" / "images" / f"{NAME}.tif")[window]
     label = tifffile.imread(monuseg / "train" / "labels" / f"{NAME}.tif")[window]
     tifffile.imwrite(HERE / "monuseg_crop.tif", image, compression="lzw", photometric="rgb")
@@ -43,9 +43,7 @@ def main(monuseg: Path) -> None:
         mask = np.pad(label == nucleus, 1)
         (contour,) = find_contours(mask.astype(float), 0.5)  # one outline per nucleus
         corners = _drop_collinear(contour) - 1  # undo the padding
-        vertices = "".join(
-            f'<Vertex X="{c + 1:g}" Y="{r + 1:g}"/>' for r, c in corners
-        )
+        vertices = "".join(f'<Vertex X="{c + 1:g}" Y="{r + 1:g}"/>' for r, c in corners)
         regions.append(f'<Region Id="{k + 1}"><Vertices>{vertices}</Vertices></Region>\n')
     xml = (
         '<Annotations MicronsPerPixel="0.252700">\n<Annotation Id="1"><Regions>\n'
