@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from tiny_models import TINY, tiny_unet
 
 from nudiff.diffusion import (
     UNet,
@@ -19,29 +20,7 @@ from nudiff.diffusion import (
 )
 from nudiff.diffusion.samplers import per_sample_noise
 
-TINY = dict(channels=(16, 32), res_blocks=1, attention_levels=(1,), head_channels=16, groups=8)
 SCHEDULE = linear_schedule()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP
-    # threads waiting for each other made these tests ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_unet(seed: int = 0, **overrides) -> UNet:
-    """A tiny U-Net with its zero-initialised layers perturbed, so its output is not 0."""
-    torch.manual_seed(seed)
-    model = UNet(UNetConfig(**{**TINY, "spade_hidden_channels": 8, **overrides}))
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 def gens(*seeds: int) -> list[torch.Generator]:

@@ -6,33 +6,11 @@ import json
 
 import pytest
 import torch
+from tiny_models import TINY, tiny_unet
 
 from nudiff.diffusion import UNet, UNetConfig, count_parameters
 from nudiff.diffusion.blocks import SPADE, AttentionBlock, CondResBlock, ResBlock
 from nudiff.errors import ConfigError
-
-TINY = dict(channels=(16, 32), res_blocks=1, attention_levels=(1,), head_channels=16, groups=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP
-    # threads waiting for each other made these tests ~10x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_unet(seed: int = 0, **overrides) -> UNet:
-    """A tiny U-Net whose zero-initialised layers are perturbed, so every path matters."""
-    torch.manual_seed(seed)
-    model = UNet(UNetConfig(**{**TINY, "spade_hidden_channels": 8, **overrides}))
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 def structure(batch: int, size: int, seed: int) -> torch.Tensor:
