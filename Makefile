@@ -23,8 +23,9 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 ## test: the test suite, including a real run of the workflow on a tiny config
+## (--dist loadfile: each test file on one worker, so its workflow runs happen once)
 test: install
-	$(BIN)/python -m pytest -n $(CORES) --dist loadgroup
+	$(BIN)/python -m pytest -n $(CORES) --dist loadfile
 
 ## report: the reproducibility report of what has been run
 report: install
