@@ -187,15 +187,6 @@ def cluster_patch_features(
     table = pd.DataFrame({"patch_id": ids, "cluster": clustering.labels, "distance": clustering.distances})
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
-    for row in table.itertuples():
-        logger.info(
-            "%d%% subset: %d of %d patches, %.2f%% of the distinct nuclei (target %d%%)",
-            row.percent,
-            row.n_patches,
-            row.n_patches_total,
-            100 * row.achieved_share,
-            row.percent,
-        )
     return table
 
 

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 def snakemake(workdir: Path, *args: str, config: Path = REPO / "config" / "tiny.yaml", check=True):
-    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config), *args]
+    # args (targets included) go first: --configfile takes any number of files and would swallow targets
+    cmd = [*SNAKEMAKE, *args, "--directory", str(workdir), "--configfile", str(config)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
@@ -31,7 +32,7 @@ def snakemake(workdir: Path, *args: str, config: Path = REPO / "config" / "tiny.
 
 def planned_jobs(workdir: Path, *targets: str, config: Path = REPO / "config" / "tiny.yaml") -> dict[str, int]:
     """Rule name -> job count of a dry run."""
-    # targets go first: --quiet takes any number of values and would swallow them
+    # targets before --quiet, which takes any number of values and would swallow them
     out = snakemake(workdir, *targets, "-n", "--quiet", "rules", config=config).stdout
     counts = {}
     for line in out.splitlines():
