@@ -12,6 +12,22 @@ from nudiff.datasets.sources import list_source_items
 validate(config, schema="../config/schema.yaml")
 check_config(config)
 
+
+def key_sorted(value):
+    """``value`` with every mapping's keys in sorted order, recursively."""
+    if isinstance(value, dict):
+        return {key: key_sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [key_sorted(item) for item in value]
+    return value
+
+
+# Snakemake compares a rule's params with the last run's as written, key order
+# included: without this, reordering keys in a config file would rerun jobs.
+canonical_config = key_sorted(config)
+config.clear()
+config.update(canonical_config)
+
 DATASETS = list(config["datasets"])
 SUBSETS = sorted(config["subsets"])
 
