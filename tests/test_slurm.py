@@ -294,7 +294,14 @@ def test_tiny_workflow_through_the_slurm_profile_uses_gpus_and_matches_a_local_r
             assert "gpu" not in job.get("TresPerJob", ""), (job["name"], job.get("TresPerJob"))
             assert set(devices) == {""}, (job["name"], devices)
 
+    requests = [job.get("TresPerJob", "") for job in jobs]
+    gpu_requests = {tres: requests.count(tres) for tres in sorted(set(requests)) if "gpu" in tres}
+    report_timing(
+        f"tiny workflow through Slurm: {len(jobs)} sbatch jobs, all COMPLETED; GPU requests "
+        + ", ".join(f"{tres} x {count}" for tres, count in gpu_requests.items())
+    )
     assert_same_results(slurm_dir, local_dir)
+    report_timing("tiny workflow through Slurm: every results/ file equals the local run's")
 
 
 MODEL = "results/tiny/100pct/diffusion/structure_model.pt"
@@ -372,3 +379,7 @@ def test_a_requeued_training_job_resumes_from_its_checkpoint(tmp_path):
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", job
     assert f"(step {stopped_at})" in (requeued / TRAIN_LOG).read_text()  # "resumed from ... (step N)"
     assert_same(comparable(requeued / MODEL, requeued), comparable(straight / MODEL, straight), MODEL)
+    report_timing(
+        f"Slurm requeue: job {job_id} got SIGTERM at step {stopped_at}, restarted (Restarts=1), resumed;"
+        " final weights equal an uninterrupted run's"
+    )
