@@ -166,6 +166,15 @@ def test_purple_nuclei_on_pink_agree_with_their_map():
     assert colour_agreement(rgb, discs([(10, 50), (50, 8)])) == pytest.approx(0.0)
 
 
+def test_a_few_saturated_pixels_do_not_hide_the_nuclei():
+    # Sampled images can hold pixels with a channel at 0: haematoxylin outliers far above
+    # any nucleus, which once pulled Otsu's threshold above every nucleus (Dice 0).
+    inst = discs([(20, 20), (40, 44)])
+    rgb = painted(inst)
+    rgb[0, 5:9] = (0, 0, 255)
+    assert colour_agreement(rgb, inst) > 0.95
+
+
 def test_demo_tiles_agree_with_their_own_map_only():
     rgb_a, inst_a = generate_demo_tile(np.random.default_rng(0), 96, "lymphocytic")
     rgb_b, inst_b = generate_demo_tile(np.random.default_rng(1), 96, "epithelial")
@@ -298,8 +307,10 @@ def test_assess_synthetic_pairs(tmp_path: Path, labelled_csv: Path):
     per_patch = stats.set_index("statistic").loc["nuclei_per_patch"]
     assert (per_patch["n_real"], per_patch["n_synthetic"]) == (4, 6)  # the empty shard adds nothing
     assert per_patch["synthetic_mean"] == pytest.approx(inst.reshape(6, -1).max(axis=1).mean())
-    assert agreement["set"].tolist() == ["real", "synthetic"] and agreement["n_pairs"].tolist() == [4, 6]
-    assert agreement["mean"].min() > 0.8  # demo images agree with their exact maps
+    assert agreement["set"].tolist() == ["real", "synthetic", "synthetic, maps of other pairs"]
+    assert agreement["n_pairs"].tolist() == [4, 6, 6]
+    # the demo pairs agree with their own maps, far above chance
+    assert agreement.at[1, "mean"] > 0.9 > 0.5 > agreement.at[2, "mean"]
     # same seed, same figure; another seed shows other samples
     assess_synthetic_pairs(labelled_csv, shards, seed=0, n_shown=3, **outputs(tmp_path, "again"))
     assess_synthetic_pairs(labelled_csv, shards, seed=1, n_shown=3, **outputs(tmp_path, "other"))

@@ -270,7 +270,9 @@ def assess_synthetic_pairs(
         labelled_csv: sample table of the labelled subset.
         pair_shards: pairs shard files (``images``, ``instances``, ``structures``).
         out_stats_csv: :func:`compare_instance_statistics` table.
-        out_agreement_csv: :func:`agreement_table` (real first).
+        out_agreement_csv: :func:`agreement_table`: real first, then the synthetic pairs,
+            then (with two pairs or more) each synthetic image against another pair's map,
+            the level of agreement by chance.
         out_stats_png: :func:`plot_statistics` figure.
         out_samples_png: :func:`plot_synthetic_samples` of ``n_shown`` real and synthetic
             samples chosen with ``seed``.
@@ -288,15 +290,19 @@ def assess_synthetic_pairs(
     real_tables = instance_statistics(real_inst)
     synthetic_tables = {set_name: instance_statistics(shards["instances"])}
     statistics = compare_statistic_tables(real_tables, synthetic_tables)
-    agreement = agreement_table(
-        list(zip(real_rgb, real_inst)), {set_name: list(zip(shards["images"], shards["instances"]))}
-    )
+    # Chance level: each synthetic image against the next pair's map (needs two pairs).
+    mismatched = list(zip(shards["images"], np.roll(shards["instances"], 1, axis=0)))
+    synthetic_pairs = {set_name: list(zip(shards["images"], shards["instances"]))}
+    if len(mismatched) > 1:
+        synthetic_pairs[f"{set_name}, maps of other pairs"] = mismatched
+    agreement = agreement_table(list(zip(real_rgb, real_inst)), synthetic_pairs)
     rng = np.random.default_rng(seed)
     show_real = np.sort(rng.choice(len(real_rgb), min(n_shown, len(real_rgb)), replace=False))
     show_synthetic = np.sort(rng.choice(len(shards["images"]), min(n_shown, len(shards["images"])), replace=False))
     _log_comparison(statistics)
     logger.info(
-        "colour agreement (Dice) mean: real %.3f, %s %.3f", agreement.at[0, "mean"], set_name, agreement.at[1, "mean"]
+        "colour agreement (Dice) mean: %s",
+        ", ".join(f"{row.set} {row.mean:.3f}" for row in agreement.itertuples()),
     )
 
     plot_statistic_tables(

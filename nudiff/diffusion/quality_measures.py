@@ -181,7 +181,8 @@ def colour_nuclei_mask(rgb: np.ndarray, *, min_object_size: int = 10, max_hole_s
 
     Haematoxylin (which stains nuclei) is separated by colour deconvolution
     (``skimage.color.rgb2hed``, Ruifrok & Johnston 2001) and thresholded with Otsu's method
-    on this image. Specks of fewer than ``min_object_size`` pixels are dropped (noise,
+    on this image (computed between its 1st and 99th percentiles, so a few saturated
+    pixels cannot move it). Specks of fewer than ``min_object_size`` pixels are dropped (noise,
     stained debris) unless they touch the image border, where a nucleus cut by the crop can
     be a small piece; holes of at most ``max_hole_size`` pixels that do not reach the border
     are filled (the pale centres of vesicular nuclei). Connectivity is 4 for objects and holes.
@@ -203,7 +204,13 @@ def colour_nuclei_mask(rgb: np.ndarray, *, min_object_size: int = 10, max_hole_s
     haematoxylin = rgb2hed(rgb)[..., 0]
     if np.ptp(haematoxylin) <= 1e-12:
         return None
-    mask = haematoxylin > threshold_otsu(haematoxylin)
+    # Otsu on the 1st-99th percentile range: a few saturated pixels (a channel at 0, as
+    # sampled images have) give haematoxylin outliers that would pull the threshold above
+    # every nucleus.
+    low, high = np.percentile(haematoxylin, [1, 99])
+    if high - low <= 1e-12:
+        return None
+    mask = haematoxylin > threshold_otsu(np.clip(haematoxylin, low, high))
     objects, n = ndimage.label(mask)
     keep = np.bincount(objects.ravel(), minlength=n + 1) >= min_object_size
     keep[_border_labels(objects)] = True  # a nucleus cut by the crop may be a small piece
