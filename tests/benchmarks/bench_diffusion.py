@@ -222,6 +222,9 @@ def bench_train(args, flops: dict[str, Any], script: Path) -> list[dict[str, Any
             batch = demo_train_batch(model) if kind == "demo" else args.paper_batch
             warmup, steps = demo_steps if kind == "demo" else paper_steps
             row = {"size": f"{kind} {patch_size(kind)}", "model": model, "batch": batch, "timed_steps": steps}
+            if kind == "paper" and model not in args.paper_train_models.split(","):
+                rows.append({**row, "note": "not run (--paper-train-models)"})
+                continue
             if kind == "paper" and paper_train != "yes":
                 fits, note = paper_train_fits(flops, model, batch)
                 if paper_train == "no" or not fits:
@@ -332,6 +335,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--paper-evals", type=int, default=None, help="timed evaluations at paper size (default 3; quick 1)"
+    )
+    parser.add_argument(
+        "--paper-train-models",
+        default=",".join(MODELS),
+        help="paper-size training of these models (default structure,image)",
     )
     parser.add_argument(
         "--paper-sample-models",
