@@ -6,6 +6,7 @@ import signal
 
 import pytest
 import torch
+from tiny_models import TRAINING_NET
 
 import nudiff.diffusion.training as training
 from nudiff.diffusion.training import (
@@ -16,14 +17,6 @@ from nudiff.diffusion.training import (
 from nudiff.errors import ConfigError
 from nudiff.training.loop import TrainingInterrupted
 
-TINY_NET = {
-    "channels": [8, 16],
-    "res_blocks": 1,
-    "attention_levels": [1],
-    "head_channels": 8,
-    "groups": 4,
-    "spade_hidden_channels": 8,
-}
 TINY_TRAINING = {
     "iterations": 6,
     "batch_size": 2,
@@ -41,7 +34,7 @@ def train(kind, labelled, out_dir, **extra):
         kind,
         labelled,
         out_dir / f"{kind}.pt",
-        network=TINY_NET,
+        network=TRAINING_NET,
         training={**TINY_TRAINING, **extra},
         schedule={"timesteps": 50},
         checkpoint_dir=out_dir / "ckpt",

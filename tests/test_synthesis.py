@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_models import TRAINING_NET
 
 from nudiff.diffusion.synthesis import (
     SamplingSettings,
@@ -15,14 +16,6 @@ from nudiff.diffusion.synthesis import (
 from nudiff.diffusion.training import train_diffusion_model
 from nudiff.samples import SampleReader, read_sample_table
 
-NET = {
-    "channels": [8, 16],
-    "res_blocks": 1,
-    "attention_levels": [1],
-    "head_channels": 8,
-    "groups": 4,
-    "spade_hidden_channels": 8,
-}
 TRAINING = {"iterations": 3, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "ema_decay": 0.9, "seed": 0}
 SAMPLING = SamplingSettings(sampler="ddim", steps=5, batch_size=2, seed=7)
 # A watershed that keeps tiny objects, so an untrained model still yields some nuclei.
@@ -37,7 +30,7 @@ def models(tmp_path_factory, tiny_labelled_csv):
             kind,
             tiny_labelled_csv,
             root / f"{kind}.pt",
-            network=NET,
+            network=TRAINING_NET,
             training=TRAINING,
             schedule={"timesteps": 20},
             checkpoint_dir=root / f"ckpt_{kind}",

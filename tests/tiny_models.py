@@ -6,6 +6,16 @@ import torch
 
 from nudiff.diffusion.unet import UNet, UNetConfig
 
+# Network settings (as in config) of the tiny models the training and synthesis tests train.
+TRAINING_NET = {
+    "channels": [8, 16],
+    "res_blocks": 1,
+    "attention_levels": [1],
+    "head_channels": 8,
+    "groups": 4,
+    "spade_hidden_channels": 8,
+}
+
 TINY = dict(channels=(16, 32), res_blocks=1, attention_levels=(1,), head_channels=16, groups=8)
 
 
