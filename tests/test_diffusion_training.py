@@ -63,7 +63,12 @@ def test_training_writes_a_model_that_rebuilds(tmp_path, tiny_labelled_csv, kind
     assert not (tmp_path / "ckpt").exists()  # checkpoints go once the model is safe
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_labelled_csv, monkeypatch):
+@pytest.mark.parametrize("resume_with_checkpointing", [False, True], ids=["as-before", "checkpointing-on"])
+def test_killed_training_resumes_to_the_same_weights(
+    tmp_path, tiny_labelled_csv, monkeypatch, resume_with_checkpointing
+):
+    # a run killed for memory may be resumed with gradient checkpointing switched on:
+    # it still resumes (not restarts) and ends with the uninterrupted run's weights
     train("image", tiny_labelled_csv, tmp_path / "reference", drop_rate=0.5)
 
     original, calls = training.l_simple, {"n": 0}
@@ -78,8 +83,18 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path, tiny_labelled_csv
     with pytest.raises(TrainingInterrupted):
         train("image", tiny_labelled_csv, tmp_path / "killed", drop_rate=0.5)
     assert not (tmp_path / "killed" / "image.pt").exists()
-    monkeypatch.setattr(training, "l_simple", original)
-    train("image", tiny_labelled_csv, tmp_path / "killed", drop_rate=0.5)
+    resumed_steps = []
+
+    def counted(*args, **kwargs):
+        resumed_steps.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "l_simple", counted)
+    history = train(
+        "image", tiny_labelled_csv, tmp_path / "killed", drop_rate=0.5, gradient_checkpointing=resume_with_checkpointing
+    )
+    # steps 1-4 came from the checkpoint written at the signal; only 5 and 6 ran again
+    assert len(history) == 6 and len(resumed_steps) == 2
 
     reference = torch.load(tmp_path / "reference" / "image.pt", weights_only=True)
     resumed = torch.load(tmp_path / "killed" / "image.pt", weights_only=True)

@@ -176,3 +176,45 @@ def test_paper_size_parameter_counts():
     assert len(spades) == 2 * (2 + 6 * 3 + 5)  # 2 norms x (middle + decoder + up blocks)
     extra = sum((3 * 128 * 9 + 128) + 2 * (128 * c * 9 + c) - 2 * c for c in (s.gamma.out_channels for s in spades))
     assert count_parameters(cond) == count_parameters(plain) + extra
+
+
+@pytest.mark.parametrize("overrides", [{}, {"condition_channels": 3, "dropout": 0.3}])
+def test_gradient_checkpointing_gives_the_same_gradients(overrides):
+    size = 16
+    x, t = torch.randn(2, 3, size, size), torch.tensor([3, 700])
+    cond = structure(2, size, 4) if overrides.get("condition_channels") else None
+    grads = {}
+    for enabled in (False, True):
+        model = tiny_unet(**overrides).train().set_gradient_checkpointing(enabled)
+        torch.manual_seed(7)  # the same dropout masks in both runs (and in the recomputation)
+        model(x, t, cond).pow(2).mean().backward()
+        grads[enabled] = {name: p.grad for name, p in model.named_parameters()}
+    for name, grad in grads[False].items():
+        assert torch.equal(grad, grads[True][name]), name
+
+
+def test_gradient_checkpointing_recomputes_blocks_in_training_only():
+    model = tiny_unet(condition_channels=3).set_gradient_checkpointing(True)
+    blocks = [*model.encoder, model.middle, *model.decoder]
+    calls = {"n": 0}
+
+    def counting(forward):
+        def wrapper(*args, **kwargs):
+            calls["n"] += 1
+            return forward(*args, **kwargs)
+
+        return wrapper
+
+    for block in blocks:  # (forward hooks are not run when checkpoint recomputes a block)
+        block.forward = counting(block.forward)
+    x, t, cond = torch.randn(1, 3, 16, 16), torch.tensor([9]), structure(1, 16, 5)
+
+    model.train()(x, t, cond).sum().backward()
+    assert calls["n"] == 2 * len(blocks)  # forward, then again in backward
+    calls["n"] = 0
+    with torch.no_grad():
+        model(x, t, cond)  # sampling: nothing to recompute
+    assert calls["n"] == len(blocks)
+    calls["n"] = 0
+    model.eval()(x, t, cond).sum().backward()
+    assert calls["n"] == len(blocks)

@@ -73,6 +73,7 @@ class DiffusionTraining:
     keep_checkpoints: int = 2
     log_every: int = 100
     seed: int = 0
+    gradient_checkpointing: bool = False
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -229,8 +230,10 @@ def train_diffusion_model(
     if init_model is not None:
         model.load_state_dict(load_state(init_model)["model"])
         logger.info("initialised from %s", init_model)
-    model.to(device)
+    model.set_gradient_checkpointing(train_cfg.gradient_checkpointing).to(device)
     logger.info("%s model: %s parameters, %s", kind, f"{count_parameters(model):,}", net_cfg)
+    if train_cfg.gradient_checkpointing:
+        logger.info("gradient checkpointing on: block activations are recomputed in backward")
     noise_schedule = sched_cfg.build()
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
@@ -247,10 +250,12 @@ def train_diffusion_model(
             drop_rate=train_cfg.drop_rate,
         )
 
+    # Gradient checkpointing changes memory, not weights: a run killed for memory may be
+    # resumed with it switched on (or off), so it stays out of the fingerprint.
     fingerprint = {
         "kind": kind,
         "network": net_cfg.to_dict(),
-        "training": asdict(train_cfg),
+        "training": {k: v for k, v in asdict(train_cfg).items() if k != "gradient_checkpointing"},
         "schedule": asdict(sched_cfg),
         "samples": file_sha256(samples_csv),
         "init": file_sha256(init_model) if init_model is not None else None,

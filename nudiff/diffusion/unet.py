@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from nudiff.diffusion.blocks import (
     AttentionBlock,
@@ -134,6 +135,9 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = config
+        # Recompute each block's activations in backward instead of keeping them
+        # (``set_gradient_checkpointing``); a training-time setting, not a hyper-parameter.
+        self.gradient_checkpointing = False
         c = config
         emb = 4 * c.channels[0]
         self.time_embed = nn.Sequential(nn.Linear(c.channels[0], emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -193,6 +197,24 @@ class UNet(nn.Module):
         head = zero_(nn.Conv2d(cur, c.out_channels, 3, padding=1))
         self.out = nn.Sequential(nn.GroupNorm(c.groups, cur), nn.SiLU(), head)
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> UNet:
+        """Trade compute for memory in training: keep only each block's input for backward.
+
+        Every encoder, middle and decoder block then runs under
+        ``torch.utils.checkpoint`` (non-reentrant, RNG state preserved, so dropout draws
+        the same mask when recomputed): the gradients are those of the plain forward,
+        the activations saved for backward shrink to the block boundaries, and each
+        block's forward runs twice (about a third more compute per step). It has no
+        effect in eval mode or under ``torch.no_grad`` (sampling).
+        """
+        self.gradient_checkpointing = bool(enabled)
+        return self
+
+    def _run(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, cond, use_reentrant=False)
+        return block(h, emb, cond)
+
     def null_condition(self, cond: torch.Tensor) -> torch.Tensor:
         """The condition y = empty of classifier-free guidance: zeros like ``cond`` (B, K, H, W).
 
@@ -235,11 +257,11 @@ class UNet(nn.Module):
         emb = self.time_embed(timestep_embedding(t, c.channels[0]).to(x.dtype))
         h, skips = x, []
         for block in self.encoder:
-            h = block(h, emb)  # the encoder never sees the condition
+            h = self._run(block, h, emb, None)  # the encoder never sees the condition
             skips.append(h)
-        h = self.middle(h, emb, cond)
+        h = self._run(self.middle, h, emb, cond)
         for block in self.decoder:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, cond)
+            h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, cond)
         return self.out(h)
 
 

@@ -4,12 +4,13 @@ Sizes: "demo" is ``config/config.yaml`` (its networks, 64x64 patches, batch 8); 
 schema defaults (channels 256..1024, 256x256), timed at batch ``--paper-batch`` (default 1).
 
 * train: steps per second of forward + backward + AdamW (lr 1e-4, weight decay 0.05, gradient
-  clipping 1.0) with ``l_simple`` on real MoNuSeg patches, and the seconds per step the CPU
-  spends drawing the batch (``TrainingExamples.draw``: flips + ``nuclei_structure``), measured
-  apart. Each configuration runs in a fresh subprocess that reports its own peak RSS. EMA
-  updates are not included. Paper-size training needs ~16 bytes per parameter plus the saved
-  activations (about 17 GiB for the structure model, 21 GiB for the image model at batch 1); with
-  ``--paper-train auto`` a model is skipped when that much memory is not available.
+  clipping 1.0) + EMA update, with ``l_simple`` on real MoNuSeg patches, with gradient
+  checkpointing off and/or on (``--checkpointing``), and the seconds per step the CPU spends
+  drawing the batch (``TrainingExamples.draw``: flips + ``nuclei_structure``), measured apart.
+  Each configuration runs in a fresh subprocess that reports its own peak RSS. Training needs
+  ~20 bytes per parameter (weights, gradients, AdamW's two moments, EMA) plus the saved
+  activations (see flops); with ``--paper-train auto`` a paper-size configuration is skipped
+  when that much memory is not available.
 * sample: network evaluations and seconds per sample of DDPM-1000, respaced DDPM-100, DDIM-50 and
   DPM-Solver++-20 with the same model, batch and size (untrained weights: the cost does not
   depend on them), with and without classifier-free guidance (w = 2 doubles the batch of every
@@ -18,7 +19,9 @@ schema defaults (channels 256..1024, 256x256), timed at batch ``--paper-batch`` 
   and the time is extrapolated by the evaluation count (stated in the table).
 * flops: FLOPs per forward pass (and forward + backward) of each network at both sizes with
   ``FlopCounterMode`` on the meta device, and the bytes autograd saves for backward
-  (activations). Written to ``benchmarks/flops_diffusion.json`` for ``gpu_costs.py``.
+  (activations), without and with gradient checkpointing (estimated, see
+  ``checkpointed_activation_bytes``). Written to ``benchmarks/flops_diffusion.json`` for
+  ``gpu_costs.py``.
 
 Run on demand (not collected by pytest):
 
@@ -32,6 +35,7 @@ model. Output: ``benchmarks/bench_diffusion[_quick].{md,json,csv}`` and ``flops_
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -89,10 +93,12 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         linear_schedule,
     )
     from nudiff.diffusion.training import TrainingExamples
+    from nudiff.training.loop import make_ema
 
     torch.manual_seed(0)
-    model = UNet(UNetConfig(**spec["network"]))
+    model = UNet(UNetConfig(**spec["network"])).train().set_gradient_checkpointing(spec["checkpointing"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    ema = make_ema(model, 0.9999)
     rgb, inst = benchkit.real_patches(spec["size"])
     examples = TrainingExamples(rgb, inst, augment=True)
     schedule = linear_schedule()
@@ -110,6 +116,7 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        ema.update_parameters(model)
         t_net = time.perf_counter() - start
         if step >= spec["warmup"]:
             data_s.append(t_data)
@@ -133,6 +140,55 @@ def worker_main(spec: dict[str, Any]) -> None:
 # ---- FLOPs (meta device, in this process) ------------------------------------------------
 
 
+def checkpointed_activation_bytes(model, run) -> int:
+    """Activation bytes of ``run()`` (a forward of ``model``) if the U-Net checkpointed its blocks.
+
+    An estimate from one plain forward (works on the meta device): with
+    ``UNet.set_gradient_checkpointing`` autograd keeps the tensors saved outside the blocks
+    (time embedding, head) and each block's inputs (for the recomputation); a block's own
+    saved tensors exist only while backward recomputes that block, so the largest of them
+    is added once. Storages are counted once.
+    """
+    kept: dict[int, int] = {}
+    per_block: list[dict[int, int]] = []
+
+    def note(bucket: dict[int, int], tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        bucket[storage._cdata] = storage.nbytes()
+
+    def counting(forward, bucket):
+        def wrapper(*args):
+            for arg in args:
+                if isinstance(arg, torch.Tensor):
+                    note(kept, arg)
+
+            def pack(tensor):
+                note(bucket, tensor)
+                return tensor
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                return forward(*args)
+
+        return wrapper
+
+    blocks = [*model.encoder, model.middle, *model.decoder]
+    for block in blocks:
+        per_block.append({})
+        block.forward = counting(block.forward, per_block[-1])
+
+    def pack_outside(tensor):
+        note(kept, tensor)
+        return tensor
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack_outside, lambda tensor: tensor):
+            run()
+    finally:
+        for block in blocks:
+            del block.forward  # back to the class's method
+    return sum(kept.values()) + max(sum(bucket.values()) for bucket in per_block)
+
+
 def flops_entry(net: dict[str, Any], size: int) -> dict[str, Any]:
     from nudiff.diffusion import UNet, UNetConfig, count_parameters, guided_eps
 
@@ -150,6 +206,7 @@ def flops_entry(net: dict[str, Any], size: int) -> dict[str, Any]:
         "forward_flops": forward,
         "forward_backward_flops": both,
         "saved_activation_bytes": benchkit.saved_activation_bytes(lambda: model(x, t, cond)),
+        "saved_activation_bytes_checkpointed": checkpointed_activation_bytes(model, lambda: model(x, t, cond)),
     }
     if cond is not None:
         with torch.no_grad():
@@ -178,13 +235,16 @@ def flops_section(flops: dict[str, Any]) -> str:
                     "ratio": e["forward_backward_flops"] / e["forward_flops"],
                     "guided": e.get("guided_eval_flops", 0) / 1e9 or None,
                     "act": e["saved_activation_bytes"] / benchkit.MIB,
+                    "act_ckpt": e["saved_activation_bytes_checkpointed"] / benchkit.MIB,
                 }
             )
     return (
         "### FLOPs per network evaluation (batch 1)\n\n"
         "`FlopCounterMode` on the meta device: convolutions, matrix products and attention, 2 FLOPs per "
         "multiply-add; norms and element-wise ops are not counted. Activations: bytes autograd saves for "
-        "backward in one float32 forward pass.\n\n"
+        "backward in one float32 forward pass; with gradient checkpointing, the estimate of "
+        "`checkpointed_activation_bytes` (block inputs + what is saved outside the blocks + the largest "
+        "block's own activations).\n\n"
         + benchkit.md_table(
             rows,
             [
@@ -196,6 +256,7 @@ def flops_section(flops: dict[str, Any]) -> str:
                 ("ratio", "fwd+bwd / fwd", ".2f"),
                 ("guided", "guided eval (w=2) GFLOP", ",.1f"),
                 ("act", "saved activations (MiB)", ",.0f"),
+                ("act_ckpt", "with checkpointing (MiB)", ",.0f"),
             ],
         )
     )
@@ -204,50 +265,62 @@ def flops_section(flops: dict[str, Any]) -> str:
 # ---- the parent --------------------------------------------------------------------------
 
 
-def paper_train_fits(flops: dict[str, Any], model: str, batch: int) -> tuple[bool, str]:
+def paper_train_fits(flops: dict[str, Any], model: str, batch: int, checkpointing: bool) -> tuple[bool, str]:
     entry = flops[model]["paper"]
-    need = 16 * entry["params"] + batch * entry["saved_activation_bytes"] + 1.5 * benchkit.GIB
+    act = entry["saved_activation_bytes_checkpointed" if checkpointing else "saved_activation_bytes"]
+    # weights, gradients, AdamW's two moments and the EMA copy: 5 float32 per parameter
+    need = 20 * entry["params"] + batch * act + 1.5 * benchkit.GIB
     available = benchkit.mem_available()
     note = f"needs ~{need / benchkit.GIB:.1f} GiB, {available / benchkit.GIB:.1f} GiB available"
-    return need < 0.85 * available, note
+    return need < available, note  # need has a 1.5 GiB margin for Python, torch and the batch
 
 
 def bench_train(args, flops: dict[str, Any], script: Path) -> list[dict[str, Any]]:
     demo_steps = benchkit.parse_steps(args.demo_train_steps or ("1+2" if args.quick else "5+20"))
     paper_steps = benchkit.parse_steps(args.paper_train_steps)
     paper_train = args.paper_train or ("no" if args.quick else "auto")
+    settings = {"off": False, "on": True}
+    checkpointing = [c for c in args.checkpointing.split(",") if c]
+    if unknown := sorted(set(checkpointing) - set(settings)):
+        raise SystemExit(f"--checkpointing: unknown {unknown}; choose from off,on")
     rows = []
-    for kind in ("demo", "paper"):
-        for model in MODELS:
-            batch = demo_train_batch(model) if kind == "demo" else args.paper_batch
-            warmup, steps = demo_steps if kind == "demo" else paper_steps
-            row = {"size": f"{kind} {patch_size(kind)}", "model": model, "batch": batch, "timed_steps": steps}
-            if kind == "paper" and model not in args.paper_train_models.split(","):
-                rows.append({**row, "note": "not run (--paper-train-models)"})
+    for kind, model, ckpt in itertools.product(("demo", "paper"), MODELS, checkpointing):
+        batch = demo_train_batch(model) if kind == "demo" else args.paper_batch
+        warmup, steps = demo_steps if kind == "demo" else paper_steps
+        row = {
+            "size": f"{kind} {patch_size(kind)}",
+            "model": model,
+            "checkpointing": ckpt,
+            "batch": batch,
+            "timed_steps": steps,
+        }
+        if kind == "paper" and model not in args.paper_train_models.split(","):
+            rows.append({**row, "note": "not run (--paper-train-models)"})
+            continue
+        if kind == "paper" and paper_train != "yes":
+            fits, note = paper_train_fits(flops, model, batch, settings[ckpt])
+            if paper_train == "no" or not fits:
+                rows.append({**row, "note": f"skipped (--paper-train {paper_train}; {note})"})
                 continue
-            if kind == "paper" and paper_train != "yes":
-                fits, note = paper_train_fits(flops, model, batch)
-                if paper_train == "no" or not fits:
-                    rows.append({**row, "note": f"skipped (--paper-train {paper_train}; {note})"})
-                    continue
-            spec = {
-                "task": "train",
-                "model": model,
-                "network": network(kind, model),
-                "size": patch_size(kind),
-                "batch": batch,
-                "warmup": warmup,
-                "steps": steps,
-            }
-            print(f"  training {kind} {model} ...", flush=True)
-            result = benchkit.run_worker(script, spec, args.threads)
-            rows.append({**row, **result, "note": result.get("error", "")})
+        spec = {
+            "task": "train",
+            "model": model,
+            "network": network(kind, model),
+            "checkpointing": settings[ckpt],
+            "size": patch_size(kind),
+            "batch": batch,
+            "warmup": warmup,
+            "steps": steps,
+        }
+        print(f"  training {kind} {model} (gradient checkpointing {ckpt}) ...", flush=True)
+        result = benchkit.run_worker(script, spec, args.threads)
+        rows.append({**row, **result, "note": result.get("error", "")})
     return rows
 
 
 def train_section(rows: list[dict[str, Any]]) -> str:
     return (
-        "### Training steps (forward + backward + AdamW, `l_simple`)\n\n"
+        "### Training steps (forward + backward + AdamW + EMA, `l_simple`)\n\n"
         "Network seconds per step are the median over the timed steps (after warm-up); data seconds are "
         "the CPU's batch drawing (flips + `nuclei_structure` per sample), measured apart. Peak RSS is the "
         "worker process's own maximum (Python + torch included).\n\n"
@@ -256,6 +329,7 @@ def train_section(rows: list[dict[str, Any]]) -> str:
             [
                 ("size", "size", ""),
                 ("model", "model", ""),
+                ("checkpointing", "grad. checkpointing", ""),
                 ("params", "params", ","),
                 ("batch", "batch", ""),
                 ("timed_steps", "timed steps", ""),
@@ -323,6 +397,11 @@ def main() -> None:
         choices=("auto", "yes", "no"),
         default=None,
         help="paper-size training: auto = when memory allows (default; quick: no)",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        default="off,on",
+        help="gradient checkpointing settings to train with: off, on or off,on (default both)",
     )
     parser.add_argument("--paper-batch", type=int, default=1, help="paper-size batch for training and sampling")
     parser.add_argument("--sample-batch", type=int, default=None, help="demo sampling batch (default 8; quick 2)")
