@@ -96,6 +96,7 @@ GPU_RULES = {
     "sample_sampler_comparison",
     "train_segmenter",
     "segment_test_images",
+    "segment_synthetic_pairs",
 }
 
 
@@ -154,7 +155,12 @@ def sampler_comparison_shards(wildcards):
 
 def diffusion_outputs(dataset):
     """Quality evidence of every subset's models, plus the sampler comparison if enabled."""
-    out = expand("results/{dataset}/{pct}pct/synthetic/quality/statistics.csv", dataset=dataset, pct=SUBSETS)
+    out = expand(
+        "results/{dataset}/{pct}pct/synthetic/quality/{evidence}.csv",
+        dataset=dataset,
+        pct=SUBSETS,
+        evidence=["statistics", "segmenter_agreement"],
+    )
     comparison = config["diffusion"]["compare_samplers"]
     if comparison["enabled"]:
         out.append(f"results/{dataset}/{comparison['subset']}pct/sampler_comparison/statistics.csv")
@@ -167,6 +173,12 @@ MODELS = config["segmentation"]["models"]
 SEEDS = config["segmentation"]["seeds"]
 TRAINSETS = ["labelled", "augmented"]
 _PAPER_TABLES = {"monuseg": "monuseg", "kumar": "kumar"}
+
+
+def labelled_segmenter(name):
+    """A file of the first model and seed trained on the labelled subset: the judge of the
+    synthetic pairs (it never saw one)."""
+    return f"results/{{dataset}}/{{pct}}pct/segmentation/{MODELS[0]}/labelled/seed{SEEDS[0]}/{name}"
 
 
 def segmenter_training(wildcards):

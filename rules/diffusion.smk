@@ -202,6 +202,34 @@ rule assess_synthetic_pairs:
         "../workflow_scripts/assess_synthetic_pairs.py"
 
 
+
+rule segment_synthetic_pairs:
+    input:
+        model=labelled_segmenter("model.pt"),
+        reference=labelled_segmenter("scores.csv"),
+        pairs=pair_shards,
+    output:
+        summary=report(
+            "results/{dataset}/{pct}pct/synthetic/quality/segmenter_agreement.csv",
+            caption="../config/report/segmenter_agreement.rst",
+            category="Synthetic pairs",
+            subcategory="{dataset} {pct}%",
+        ),
+        per_pair="results/{dataset}/{pct}pct/synthetic/quality/segmenter_agreement_per_pair.csv",
+    log:
+        "logs/{dataset}/{pct}pct/segment_synthetic_pairs.log",
+    params:
+        inference=config["segmentation"][MODELS[0]]["inference"],
+        watershed=config["watershed"],
+        device=config["segmentation"]["device"],
+    threads: threads_for("segment_synthetic_pairs")
+    resources:
+        **resources_for("segment_synthetic_pairs"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/segment_synthetic_pairs.py"
+
 rule sample_sampler_comparison:
     input:
         "results/{dataset}/{pct}pct/diffusion/structure_model.pt",

@@ -58,6 +58,7 @@ __all__ = [
     "plot_statistic_tables",
     "plot_statistics",
     "plot_synthetic_samples",
+    "read_shards",
     "statistic_values",
 ]
 
@@ -192,7 +193,7 @@ def plot_synthetic_samples(
     image_grid(rows, names, path, tile_inches=2.0, title=title)
 
 
-def _read_shards(paths: Sequence[PathLike], keys: tuple[str, ...], argument: str) -> dict[str, np.ndarray]:
+def read_shards(paths: Sequence[PathLike], keys: tuple[str, ...], argument: str) -> dict[str, np.ndarray]:
     """Arrays ``keys`` of shard files concatenated along the sample axis (empty shards add nothing)."""
     if isinstance(paths, (str, Path)) or len(paths) == 0:
         raise ValueError(f"{argument} must be a non-empty list of shard files, got {paths!r}")
@@ -280,7 +281,7 @@ def assess_synthetic_pairs(
     Returns:
         ``(statistics, agreement)`` tables as written.
     """
-    shards = _read_shards(pair_shards, ("images", "instances", "structures"), "pair_shards")
+    shards = read_shards(pair_shards, ("images", "instances", "structures"), "pair_shards")
     if len(shards["images"]) == 0:
         raise InputDataError(
             f"pair_shards hold no synthetic pair (every sampled structure was empty?): {list(map(str, pair_shards))}"
@@ -347,7 +348,7 @@ def compare_samplers(
     check_set_names(structure_shards, "structure_shards")
     instances = {}
     for name, paths in structure_shards.items():
-        shards = _read_shards(paths, ("instances",), f"structure_shards[{name!r}]")
+        shards = read_shards(paths, ("instances",), f"structure_shards[{name!r}]")
         if len(shards["instances"]) == 0:
             raise InputDataError(f"structure_shards[{name!r}] hold no structure: {list(map(str, paths))}")
         instances[name] = shards["instances"]

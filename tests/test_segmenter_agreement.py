@@ -1,0 +1,133 @@
+"""The segmenter's judgement of synthetic pairs (nudiff.diffusion.segmenter_agreement)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from skimage.measure import label
+
+from nudiff.datasets.demo import generate_demo_dataset
+from nudiff.datasets.prepare import prepare_dataset, read_manifest
+from nudiff.datasets.sources import list_source_items
+from nudiff.diffusion import segmenter_agreement as agreement
+from nudiff.errors import InputDataError
+from nudiff.patches import build_patch_index
+from nudiff.samples import real_samples, write_sample_table
+from nudiff.segmentation import HoVerNetConfig
+from nudiff.segmentation.train import train_segmenter
+
+PINK, PURPLE = (235, 170, 200), (80, 50, 140)
+
+
+def discs(centres, radius: int = 5, size: int = 32) -> np.ndarray:
+    inst = np.zeros((size, size), np.int32)
+    rows, cols = np.ogrid[:size, :size]
+    for k, (y, x) in enumerate(centres, start=1):
+        inst[(rows - y) ** 2 + (cols - x) ** 2 <= radius**2] = k
+    return inst
+
+
+def painted(inst: np.ndarray) -> np.ndarray:
+    rgb = np.empty(inst.shape + (3,), np.uint8)
+    rgb[:] = PINK
+    rgb[inst > 0] = PURPLE
+    return rgb
+
+
+def write_pairs(path, maps) -> str:
+    maps = np.stack(maps)
+    np.savez_compressed(
+        path,
+        sample_index=np.arange(len(maps)),
+        structures=np.zeros(maps.shape + (3,), np.float32),
+        instances=maps,
+        images=np.stack([painted(m) for m in maps]),
+    )
+    return str(path)
+
+
+# three pairs whose nuclei never overlap another pair's: image i against map i-1 shares no pixel
+MAPS = [discs([(8, 8), (8, 24)]), discs([(24, 8)]), discs([(24, 24), (16, 16)], radius=3)]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("judge")
+    generate_demo_dataset(root / "raw", n_train=1, n_test=1, image_size=64)
+    prepare_dataset(list_source_items("folder", root / "raw"), root / "prepared")
+    manifest = read_manifest(root / "prepared" / "manifest.csv")
+    write_sample_table(real_samples(build_patch_index(manifest, size=32, stride=32), manifest), root / "s.csv")
+    config = HoVerNetConfig.scaled(1 / 8, encoder_blocks=(1, 1, 1, 1), same_padding=True, decoder_units=(2, 1))
+    train_segmenter(
+        root / "s.csv",
+        root / "model.pt",
+        network=config.to_dict(),
+        checkpoint_dir=root / "ckpt",
+        training={"iterations": 2, "batch_size": 2, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
+    )
+    return root / "model.pt"
+
+
+@pytest.fixture
+def reference_csv(tmp_path):
+    path = tmp_path / "scores.csv"
+    pd.DataFrame({"name": ["a", "b"], "dice": [0.8, 0.6], "aji": [0.5, 0.3], "pq": [0.4, 0.2]}).to_csv(path)
+    return path
+
+
+def outputs(tmp_path):
+    return {"out_csv": tmp_path / "summary.csv", "out_per_pair_csv": tmp_path / "per_pair.csv"}
+
+
+def test_scores_against_maps_by_hand():
+    table = agreement.score_against_maps([MAPS[0], np.zeros_like(MAPS[1])], [MAPS[0], MAPS[1]])
+    assert table[["dice", "aji", "pq"]].iloc[0].tolist() == [1.0, 1.0, 1.0]  # the map itself
+    assert table[["dice", "aji", "pq"]].iloc[1].tolist() == [0.0, 0.0, 0.0]  # nothing found
+    assert table[["n_true", "n_pred"]].values.tolist() == [[2, 2], [1, 0]]
+    with pytest.raises(ValueError, match="2 predictions but 1 maps"):
+        agreement.score_against_maps(MAPS[:2], MAPS[:1])
+
+
+def test_a_segmenter_that_sees_the_painted_nuclei_agrees_fully_and_chance_is_zero(
+    tmp_path, model_file, reference_csv, monkeypatch
+):
+    # stand-in for Hover-Net: the purple pixels, split into connected nuclei
+    seen = lambda model, rgb, **kwargs: label(rgb[..., 0] < 150).astype(np.int32)  # noqa: E731
+    monkeypatch.setattr(agreement, "predict_instances", seen)
+    shards = [write_pairs(tmp_path / "p0.npz", MAPS[:2]), write_pairs(tmp_path / "p1.npz", MAPS[2:])]
+    summary = agreement.segmenter_agreement(model_file, shards, reference_csv, **outputs(tmp_path)).set_index("set")
+
+    real = summary.loc[agreement.REAL_TEST, ["n", "dice_mean", "aji_mean", "pq_median"]].tolist()
+    assert real == pytest.approx([2, 0.7, 0.4, 0.3])  # the means of reference_csv
+    assert summary.loc[agreement.SYNTHETIC, ["n", "dice_mean", "aji_mean", "pq_mean"]].tolist() == [3, 1.0, 1.0, 1.0]
+    assert summary.loc[agreement.CHANCE, ["n", "dice_mean", "aji_mean"]].tolist() == [3, 0.0, 0.0]
+    per_pair = pd.read_csv(tmp_path / "per_pair.csv")
+    assert per_pair["pair"].tolist() == [0, 1, 2] and per_pair["n_true"].tolist() == [2, 1, 2]
+    assert pd.read_csv(tmp_path / "summary.csv")["set"].tolist() == list(summary.index)
+
+
+def test_the_real_segmenter_runs_and_is_deterministic(tmp_path, model_file, reference_csv):
+    shards = [write_pairs(tmp_path / "p.npz", MAPS)]
+    first = agreement.segmenter_agreement(model_file, shards, reference_csv, **outputs(tmp_path / "a"))
+    again = agreement.segmenter_agreement(model_file, shards, reference_csv, **outputs(tmp_path / "b"))
+    pd.testing.assert_frame_equal(first, again)
+    assert first["n"].tolist() == [2, 3, 3]
+    assert first[["dice_mean", "aji_mean"]].apply(lambda s: s.between(0, 1)).all().all()
+
+
+def test_bad_input_is_named_and_nothing_is_written(tmp_path, model_file, reference_csv):
+    empty = tmp_path / "empty.npz"
+    np.savez(
+        empty,
+        sample_index=np.zeros(0, int),
+        structures=np.zeros((0, 32, 32, 3)),
+        instances=np.zeros((0, 32, 32), np.int32),
+        images=np.zeros((0, 32, 32, 3), np.uint8),
+    )
+    with pytest.raises(InputDataError, match="no synthetic pair"):
+        agreement.segmenter_agreement(model_file, [empty], reference_csv, **outputs(tmp_path))
+    shards = [write_pairs(tmp_path / "p.npz", MAPS)]
+    with pytest.raises(InputDataError, match="missing.csv"):
+        agreement.segmenter_agreement(model_file, shards, tmp_path / "missing.csv", **outputs(tmp_path))
+    assert not (tmp_path / "summary.csv").exists() and not (tmp_path / "per_pair.csv").exists()
