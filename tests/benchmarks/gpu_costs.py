@@ -131,6 +131,8 @@ def memory_table(flops: dict[str, Any], cpu: dict[str, Any]) -> list[dict[str, A
         p = e["params"]
         fixed = p * BYTES_FP32 * (1 + 1 + 2 + (1 if ema else 0))  # weights, grads, Adam(W) m and v, EMA copy
         act = e["saved_activation_bytes"] * batch
+        # UNet.set_gradient_checkpointing (training.gradient_checkpointing); Hover-Net has none
+        act_ckpt = e.get("saved_activation_bytes_checkpointed")
         rows.append(
             {
                 "rule": rule,
@@ -140,6 +142,7 @@ def memory_table(flops: dict[str, Any], cpu: dict[str, Any]) -> list[dict[str, A
                 "act_fp32_gib": act / benchkit.GIB,
                 "total_fp32_gib": (fixed + act) / benchkit.GIB,
                 "total_bf16_gib": (fixed + act / 2) / benchkit.GIB,
+                "total_bf16_ckpt_gib": (fixed + act_ckpt * batch / 2) / benchkit.GIB if act_ckpt else None,
                 "cpu_peak_rss_mib": cpu.get(key),
             }
         )
@@ -239,7 +242,9 @@ def main() -> None:
     for source, key_of in ((diffusion_bench, lambda r: r.get("model")), (segmentation, lambda r: "hovernet")):
         for row in (source or {}).get("train", []):
             if row.get("size", "").startswith("paper") and row.get("peak_rss_mib"):
-                cpu_rss[key_of(row)] = f"{row['peak_rss_mib']:,.0f} (batch {row['batch']})"
+                checkpointing = f", checkpointing {row['checkpointing']}" if "checkpointing" in row else ""
+                measured = f"{row['peak_rss_mib']:,.0f} (batch {row['batch']}{checkpointing})"
+                cpu_rss[key_of(row)] = "; ".join(filter(None, [cpu_rss.get(key_of(row)), measured]))
     memory = memory_table(flops, cpu_rss)
     data_rows = cpu_data_rows(flops, throughput, foundation, segmentation)
 
@@ -283,6 +288,7 @@ def main() -> None:
             ("act_fp32_gib", "activations fp32 GiB", ".1f"),
             ("total_fp32_gib", "total fp32 GiB", ".1f"),
             ("total_bf16_gib", "total, bf16 activations GiB", ".1f"),
+            ("total_bf16_ckpt_gib", "same, gradient checkpointing GiB", ".1f"),
             ("cpu_peak_rss_mib", "CPU peak RSS MiB (measured, if run)", ""),
         ],
     )
@@ -293,7 +299,9 @@ def main() -> None:
         "(8 B) and, for the diffusion models, the EMA copy the training loop keeps on the device (4 B) per "
         "parameter. Activations: the bytes autograd saves for backward in one float32 forward pass "
         "(`saved_tensors_hooks`, meta device) x the batch; the CPU stands in for the GPU here, and bf16 "
-        "autocast roughly halves them (last-but-one column). CUDA context, allocator fragmentation and "
+        "autocast roughly halves them. With gradient checkpointing (`training.gradient_checkpointing`) "
+        "the diffusion U-Nets keep only block inputs (estimate of `bench_diffusion.checkpointed_activation_bytes`), "
+        "at about a third more compute per step. CUDA context, allocator fragmentation and "
         "workspace (typically 1-3 GiB) are not included. Sampling jobs hold only the float32 weights "
         f"({flops['structure']['params'] * 4 / benchkit.GIB:.1f} GiB structure, "
         f"{flops['image']['params'] * 4 / benchkit.GIB:.1f} GiB image model) plus the activations of one "
