@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_models import train_tiny_segmenter
 
 from nudiff import evaluation
 from nudiff.datasets.demo import generate_demo_dataset
@@ -21,10 +22,6 @@ from nudiff.evaluation import (
     summarize_scores,
 )
 from nudiff.io.images import read_instance_map, write_instance_map
-from nudiff.patches import build_patch_index
-from nudiff.samples import real_samples, write_sample_table
-from nudiff.segmentation import HoVerNetConfig
-from nudiff.segmentation.train import train_segmenter
 
 torch.set_num_threads(1)
 
@@ -41,18 +38,7 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_file(prepared, tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    manifest = read_manifest(prepared / "manifest.csv")
-    write_sample_table(real_samples(build_patch_index(manifest, size=32, stride=32), manifest), root / "s.csv")
-    config = HoVerNetConfig.scaled(1 / 8, encoder_blocks=(1, 1, 1, 1), same_padding=True, decoder_units=(2, 1))
-    train_segmenter(
-        root / "s.csv",
-        root / "model.pt",
-        network=config.to_dict(),
-        checkpoint_dir=root / "ckpt",
-        training={"iterations": 2, "batch_size": 2, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
-    )
-    return root / "model.pt"
+    return train_tiny_segmenter(prepared, tmp_path_factory.mktemp("model"))
 
 
 def test_segment_test_images_writes_one_map_per_test_image(prepared, model_file, tmp_path):

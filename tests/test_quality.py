@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from drawn import PURPLE, discs, painted
 from skimage.draw import ellipse
 
 from nudiff.datasets.demo import generate_demo_tile
@@ -32,8 +33,6 @@ from nudiff.io.images import write_image, write_instance_map
 from nudiff.samples import SAMPLE_COLUMNS, write_sample_table
 from nudiff.structure import nuclei_structure
 
-PINK, PURPLE = (235, 170, 200), (80, 50, 140)  # eosin-like background, haematoxylin-like nuclei
-
 
 def rectangles(widths, height: int = 5, size: int = 64) -> np.ndarray:
     """Interior nuclei ``height x w`` (area ``height * w``), one per row band, ids 1..n."""
@@ -42,22 +41,6 @@ def rectangles(widths, height: int = 5, size: int = 64) -> np.ndarray:
         top = 2 + 8 * (k - 1)
         inst[top : top + height, 2 : 2 + w] = k
     return inst
-
-
-def discs(centres, radius: int = 6, size: int = 64) -> np.ndarray:
-    inst = np.zeros((size, size), np.int32)
-    rows, cols = np.ogrid[:size, :size]
-    for k, (y, x) in enumerate(centres, start=1):
-        inst[(rows - y) ** 2 + (cols - x) ** 2 <= radius**2] = k
-    return inst
-
-
-def painted(inst: np.ndarray) -> np.ndarray:
-    """Purple nuclei on pink: the colour mask should be exactly the map's foreground."""
-    rgb = np.empty(inst.shape + (3,), np.uint8)
-    rgb[:] = PINK
-    rgb[inst > 0] = PURPLE
-    return rgb
 
 
 # --- instance statistics -------------------------------------------------------------------

@@ -5,34 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from drawn import discs, painted
 from skimage.measure import label
+from tiny_models import train_tiny_segmenter
 
 from nudiff.datasets.demo import generate_demo_dataset
-from nudiff.datasets.prepare import prepare_dataset, read_manifest
+from nudiff.datasets.prepare import prepare_dataset
 from nudiff.datasets.sources import list_source_items
 from nudiff.diffusion import segmenter_agreement as agreement
 from nudiff.errors import InputDataError
-from nudiff.patches import build_patch_index
-from nudiff.samples import real_samples, write_sample_table
-from nudiff.segmentation import HoVerNetConfig
-from nudiff.segmentation.train import train_segmenter
-
-PINK, PURPLE = (235, 170, 200), (80, 50, 140)
-
-
-def discs(centres, radius: int = 5, size: int = 32) -> np.ndarray:
-    inst = np.zeros((size, size), np.int32)
-    rows, cols = np.ogrid[:size, :size]
-    for k, (y, x) in enumerate(centres, start=1):
-        inst[(rows - y) ** 2 + (cols - x) ** 2 <= radius**2] = k
-    return inst
-
-
-def painted(inst: np.ndarray) -> np.ndarray:
-    rgb = np.empty(inst.shape + (3,), np.uint8)
-    rgb[:] = PINK
-    rgb[inst > 0] = PURPLE
-    return rgb
 
 
 def write_pairs(path, maps) -> str:
@@ -48,7 +29,7 @@ def write_pairs(path, maps) -> str:
 
 
 # three pairs whose nuclei never overlap another pair's: image i against map i-1 shares no pixel
-MAPS = [discs([(8, 8), (8, 24)]), discs([(24, 8)]), discs([(24, 24), (16, 16)], radius=3)]
+MAPS = [discs([(8, 8), (8, 24)], 5, 32), discs([(24, 8)], 5, 32), discs([(24, 24), (16, 16)], 3, 32)]
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +37,7 @@ def model_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("judge")
     generate_demo_dataset(root / "raw", n_train=1, n_test=1, image_size=64)
     prepare_dataset(list_source_items("folder", root / "raw"), root / "prepared")
-    manifest = read_manifest(root / "prepared" / "manifest.csv")
-    write_sample_table(real_samples(build_patch_index(manifest, size=32, stride=32), manifest), root / "s.csv")
-    config = HoVerNetConfig.scaled(1 / 8, encoder_blocks=(1, 1, 1, 1), same_padding=True, decoder_units=(2, 1))
-    train_segmenter(
-        root / "s.csv",
-        root / "model.pt",
-        network=config.to_dict(),
-        checkpoint_dir=root / "ckpt",
-        training={"iterations": 2, "batch_size": 2, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
-    )
-    return root / "model.pt"
+    return train_tiny_segmenter(root / "prepared", root)
 
 
 @pytest.fixture

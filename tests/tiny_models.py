@@ -29,3 +29,24 @@ def tiny_unet(seed: int = 0, **overrides) -> UNet:
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return model.eval()
+
+
+def train_tiny_segmenter(prepared_dir, out_dir):
+    """A tiny Hover-Net trained for 2 steps on the 32 px patches of a prepared dataset; its file."""
+    from nudiff.datasets.prepare import read_manifest
+    from nudiff.patches import build_patch_index
+    from nudiff.samples import real_samples, write_sample_table
+    from nudiff.segmentation import HoVerNetConfig
+    from nudiff.segmentation.train import train_segmenter
+
+    manifest = read_manifest(prepared_dir / "manifest.csv")
+    write_sample_table(real_samples(build_patch_index(manifest, size=32, stride=32), manifest), out_dir / "s.csv")
+    config = HoVerNetConfig.scaled(1 / 8, encoder_blocks=(1, 1, 1, 1), same_padding=True, decoder_units=(2, 1))
+    train_segmenter(
+        out_dir / "s.csv",
+        out_dir / "model.pt",
+        network=config.to_dict(),
+        checkpoint_dir=out_dir / "ckpt",
+        training={"iterations": 2, "batch_size": 2, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
+    )
+    return out_dir / "model.pt"
