@@ -149,44 +149,36 @@ def checkpointed_activation_bytes(model, run) -> int:
     saved tensors exist only while backward recomputes that block, so the largest of them
     is added once. Storages are counted once.
     """
-    kept: dict[int, int] = {}
-    per_block: list[dict[int, int]] = []
+    kept: dict[int, int] = {}  # storage -> bytes, so a tensor saved twice counts once
+    per_block: list[int] = []
 
-    def note(bucket: dict[int, int], tensor: torch.Tensor) -> None:
+    def note(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        bucket[storage._cdata] = storage.nbytes()
+        kept[storage._cdata] = storage.nbytes()
+        return tensor
 
-    def counting(forward, bucket):
+    def counting(forward):
         def wrapper(*args):
             for arg in args:
                 if isinstance(arg, torch.Tensor):
-                    note(kept, arg)
-
-            def pack(tensor):
-                note(bucket, tensor)
-                return tensor
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                return forward(*args)
+                    note(arg)
+            # the innermost saved-tensor hooks win: inside a block only the block's own count
+            out = []
+            per_block.append(benchkit.saved_activation_bytes(lambda: out.append(forward(*args))))
+            return out[0]
 
         return wrapper
 
     blocks = [*model.encoder, model.middle, *model.decoder]
     for block in blocks:
-        per_block.append({})
-        block.forward = counting(block.forward, per_block[-1])
-
-    def pack_outside(tensor):
-        note(kept, tensor)
-        return tensor
-
+        block.forward = counting(block.forward)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack_outside, lambda tensor: tensor):
+        with torch.autograd.graph.saved_tensors_hooks(note, lambda tensor: tensor):
             run()
     finally:
         for block in blocks:
             del block.forward  # back to the class's method
-    return sum(kept.values()) + max(sum(bucket.values()) for bucket in per_block)
+    return sum(kept.values()) + max(per_block)
 
 
 def flops_entry(net: dict[str, Any], size: int) -> dict[str, Any]:
