@@ -115,6 +115,7 @@ rule sample_structures:
         n_shards=n_shards,
         sampling=config["diffusion"]["sampling"],
         watershed=config["watershed"],
+        cleanup=config["diffusion"]["cleanup"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
     threads: threads_for("sample_structures")
@@ -246,6 +247,7 @@ rule sample_sampler_comparison:
             **config["diffusion"]["compare_samplers"]["samplers"][wildcards.name],
         },
         watershed=config["watershed"],
+        cleanup=config["diffusion"]["cleanup"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/sampler_comparison/{name}.npz",
     threads: threads_for("sample_sampler_comparison")

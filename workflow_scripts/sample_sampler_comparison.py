@@ -3,7 +3,7 @@ from nudiff.runtime import start_job
 start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
 
 from nudiff.config import resolve_device
-from nudiff.diffusion.synthesis import sample_structures, sampling_settings
+from nudiff.diffusion.synthesis import CleanupSettings, sample_structures, sampling_settings
 
 sample_structures(
     snakemake.input[0],
@@ -13,6 +13,7 @@ sample_structures(
     shard=0,
     sampling=sampling_settings(snakemake.params.sampling),
     watershed=snakemake.params.watershed,
+    cleanup=CleanupSettings(**snakemake.params.cleanup),
     device=resolve_device(snakemake.params.device),
     resume_file=snakemake.params.resume_file,
 )

@@ -7,17 +7,26 @@ first, last or beside others on a cluster.
 
 Shard files (``.npz``):
 
-* structures shard: ``sample_index`` (n,), ``structures`` (n, S, S, 3) float32
-  as sampled (semantic as a probability in [0, 1]), ``instances`` (n, S, S)
-  int32 from the watershed, ``n_nuclei`` (n,).
+* structures shard: ``sample_index`` (n,), ``sampled_structures`` (n, S, S, 3)
+  float32 as sampled (semantic as a probability in [0, 1]), ``instances``
+  (n, S, S) int32 from the watershed, cleaned (:func:`nudiff.structure.clean_instances`),
+  ``structures`` (n, S, S, 3) float32 = ``nuclei_structure(instances)``, the
+  structure of the label, ``n_nuclei`` (n,).
 * pairs shard: the structures that gave at least one nucleus, with their
   ``images`` (m, S, S, 3) uint8 sampled with guidance: ``sample_index``,
-  ``structures``, ``instances``, ``images``. This is the format
-  :class:`nudiff.samples.SampleReader` reads.
+  ``structures``, ``sampled_structures``, ``instances``, ``images``. This is
+  the format :class:`nudiff.samples.SampleReader` reads.
+
+A pair is consistent: its image is conditioned on exactly the structure of its
+label (``structures`` = ``nuclei_structure(instances)``), not on the raw sampled
+structure. The raw one has a soft semantic channel that passes through 0 (the
+null condition) at nucleus borders, and blobs the watershed drops, which the
+image would paint as nuclei while the label calls them background.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -42,7 +51,9 @@ from nudiff.samples import (
     write_sample_table,
 )
 from nudiff.structure import (
+    clean_instances,
     instances_from_structure,
+    nuclei_structure,
     structure_from_model_range,
     structure_to_model_range,
 )
@@ -54,20 +65,47 @@ STREAMS = {"structure": 0, "image": 1}
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How to run the reverse process (paper: 1000-step DDPM, w = 2)."""
+    """How to run the reverse process (paper: 1000-step DDPM).
+
+    ``guidance_scale`` is w of the paper's eq. 6, eps' = (w + 1) eps_c - w eps_u. The
+    authors' sampler computes eps_u + s (eps_c - eps_u) and was run with s = 2, which is
+    w = s - 1 = 1: the default. The paper's text says w = 2 (3 eps_c - 2 eps_u).
+    ``cpu_bf16`` runs the network under bf16 autocast on the CPU (no effect on CUDA).
+    """
 
     sampler: SamplerName = "ddpm"
     steps: int = 1000
-    guidance_scale: float = 2.0
+    guidance_scale: float = 1.0
     variance: str = "posterior"
     clip_denoised: bool = True
     batch_size: int = 16
     seed: int = 0
+    cpu_bf16: bool = False
+
+
+@dataclass(frozen=True)
+class CleanupSettings:
+    """How a sampled structure's instance map is cleaned into a label (:func:`clean_instances`)."""
+
+    min_area: int = 10
+    fill_holes: bool = True
+    largest_fragment: bool = True
 
 
 def sampling_settings(values: dict[str, Any]) -> SamplingSettings:
     """Settings from the config's ``diffusion.sampling`` (the shard count is the workflow's)."""
     return SamplingSettings(**{k: v for k, v in values.items() if k != "shards"})
+
+
+def _network_precision(device: str, sampling: SamplingSettings):
+    if sampling.cpu_bf16 and torch.device(device).type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def label_structure(inst: np.ndarray) -> np.ndarray:
+    """The structure a pair's image is conditioned on: exactly that of its label, in [0, 1]/[-1, 1]."""
+    return nuclei_structure(inst).astype(np.float32)
 
 
 def shard_indices(n_total: int, n_shards: int, shard: int) -> np.ndarray:
@@ -142,22 +180,32 @@ def sample_structures(
     shard: int,
     sampling: SamplingSettings,
     watershed: dict[str, Any],
+    cleanup: CleanupSettings | None = None,
     device: str = "cpu",
     resume_file: str | Path | None = None,
 ) -> int:
     """Rule ``sample_structures``: one shard of synthetic structures and their instance maps.
 
+    Each sampled structure goes through the watershed, the instance map is cleaned
+    (``cleanup``; default :class:`CleanupSettings`), and the structure of the cleaned map is
+    stored beside the sampled one: it is what the image will be conditioned on.
+
     ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
     Returns the number of structures with at least one nucleus.
     """
+    cleanup = cleanup or CleanupSettings()
     model, schedule, saved = load_diffusion_model(model_path, device=device, expect="structure")
     size = int(saved["patch_size"])
     indices = shard_indices(n_total, n_shards, shard)
     t0 = time.monotonic()
 
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _network_precision(device, sampling):
+            return model(x, t).float()
+
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
         result = sample(
-            lambda x, t: model(x, t),
+            eps,
             (len(batch), 3, size, size),
             schedule,
             sampler=sampling.sampler,
@@ -168,20 +216,24 @@ def sample_structures(
             generators=[sample_generator(sampling.seed, "structure", i) for i in batch],
             progress=_progress_logger(f"structures {batch[0]}..{batch[-1]}"),
         )
-        structures = [structure_from_model_range(x) for x in result.x0.float().cpu().permute(0, 2, 3, 1).numpy()]
+        sampled = [structure_from_model_range(x) for x in result.x0.float().cpu().permute(0, 2, 3, 1).numpy()]
+        instances = [clean_instances(instances_from_structure(st, **watershed), **asdict(cleanup)) for st in sampled]
         return {
             "sample_index": batch,
-            "structures": np.stack(structures).astype(np.float32),
-            "instances": np.stack([instances_from_structure(st, **watershed) for st in structures]),
+            "sampled_structures": np.stack(sampled).astype(np.float32),
+            "instances": np.stack(instances).astype(np.int32),
+            "structures": np.stack([label_structure(inst) for inst in instances]),
         }
 
     fingerprint = {
         "model": file_sha256(model_path),
         "sampling": asdict(sampling),
         "watershed": watershed,
+        "cleanup": asdict(cleanup),
         "indices": indices.tolist(),
     }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
+    sampled = _concat(parts, "sampled_structures", (0, size, size, 3), np.float32)
     structures = _concat(parts, "structures", (0, size, size, 3), np.float32)
     instances = _concat(parts, "instances", (0, size, size), np.int32)
     n_nuclei = np.array([int(inst.max(initial=0)) for inst in instances], dtype=np.int64)
@@ -196,7 +248,14 @@ def sample_structures(
         int(np.median(n_nuclei)) if len(n_nuclei) else "n/a",
     )
     with atomic_path(out_npz) as tmp:
-        np.savez_compressed(tmp, sample_index=indices, structures=structures, instances=instances, n_nuclei=n_nuclei)
+        np.savez_compressed(
+            tmp,
+            sample_index=indices,
+            sampled_structures=sampled,
+            structures=structures,
+            instances=instances,
+            n_nuclei=n_nuclei,
+        )
     return len(indices) - degenerate
 
 
@@ -211,6 +270,10 @@ def sample_images(
 ) -> int:
     """Rule ``sample_images``: one image per non-degenerate structure of a shard, with guidance.
 
+    The condition of each image is the structure of its pair's label
+    (:func:`label_structure` of the shard's ``instances``), recomputed here so that no
+    shard can pair an image with a label it was not conditioned on.
+
     ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
     Returns the number of pairs written.
     """
@@ -218,16 +281,25 @@ def sample_images(
     with np.load(structures_npz) as shard:
         keep = shard["n_nuclei"] > 0
         indices = shard["sample_index"][keep]
-        structures = shard["structures"][keep]
+        sampled = shard["sampled_structures"][keep]
         instances = shard["instances"][keep]
+    structures = (
+        np.stack([label_structure(inst) for inst in instances])
+        if len(instances)
+        else np.zeros((0, *instances.shape[1:], 3), np.float32)
+    )
     logger.info("%d structures (%d degenerate ones dropped)", len(indices), int((~keep).sum()))
     size = int(saved["patch_size"])
 
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
         cond = torch.from_numpy(structure_to_model_range(structures[start : start + len(batch)]))
         cond = cond.permute(0, 3, 1, 2).to(device)
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with _network_precision(device, sampling):
+                return guided_eps(model, x, t, cond, sampling.guidance_scale).float()
+
         result = sample(
-            lambda x, t: guided_eps(model, x, t, cond, sampling.guidance_scale),
+            eps,
             (len(batch), 3, size, size),
             schedule,
             sampler=sampling.sampler,
@@ -252,6 +324,7 @@ def sample_images(
             tmp,
             sample_index=indices,
             structures=structures,
+            sampled_structures=sampled,
             instances=instances,
             images=_concat(parts, "images", (0, size, size, 3), np.uint8),
         )

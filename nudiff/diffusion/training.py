@@ -66,6 +66,8 @@ class DiffusionTraining:
     lr: float = 1e-4
     weight_decay: float = 0.05
     ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    snapshot_every: int | None = None
     grad_clip: float = 1.0
     drop_rate: float = 0.0
     augment: bool = True
@@ -74,6 +76,7 @@ class DiffusionTraining:
     log_every: int = 100
     seed: int = 0
     gradient_checkpointing: bool = False
+    cpu_bf16: bool = False
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -83,6 +86,9 @@ class DiffusionTraining:
             log_every=self.log_every,
             grad_clip=self.grad_clip,
             ema_decay=self.ema_decay,
+            ema_warmup=self.ema_warmup,
+            snapshot_every=self.snapshot_every,
+            cpu_bf16=self.cpu_bf16,
         )
 
 
@@ -151,8 +157,13 @@ def save_diffusion_model(
     ema: torch.nn.Module | None,
     training: DiffusionTraining,
     patch_size: int,
+    snapshots: list[dict[str, Any]] | None = None,
 ) -> None:
-    """A trained model with everything needed to rebuild and sample it."""
+    """A trained model with everything needed to rebuild and sample it.
+
+    ``snapshots`` (``step``, ``model``, ``ema`` state dicts) are earlier weights kept as
+    candidates for :mod:`nudiff.diffusion.selection`.
+    """
     state = {
         "kind": kind,
         "patch_size": patch_size,
@@ -162,19 +173,35 @@ def save_diffusion_model(
         "model": model.state_dict(),
         # AveragedModel wraps the network as .module; keep the plain state dict
         "ema": ema.module.state_dict() if ema is not None else None,
+        "snapshots": list(snapshots or []),
     }
     save_state(path, state)
 
 
 def load_diffusion_model(
-    path: str | Path, *, device: str = "cpu", weights: Literal["ema", "model"] = "ema", expect: ModelKind | None = None
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    weights: Literal["ema", "model"] = "ema",
+    expect: ModelKind | None = None,
+    step: int | None = None,
 ) -> tuple[UNet, NoiseSchedule, dict[str, Any]]:
-    """Rebuild a saved model in eval mode with its noise schedule; ``weights`` picks EMA or raw."""
+    """Rebuild a saved model in eval mode with its noise schedule.
+
+    ``weights`` picks EMA or raw weights; ``step`` picks a snapshot kept during training
+    (None: the final weights).
+    """
     state = load_state(path)
     if expect is not None and state.get("kind") != expect:
         raise InputDataError(f"{path} holds a {state.get('kind')!r} model, expected {expect!r}")
     model = UNet(UNetConfig.from_dict(state["network"]))
-    chosen = state["ema"] if weights == "ema" and state["ema"] is not None else state["model"]
+    source = state
+    if step is not None:
+        by_step = {int(s["step"]): s for s in state.get("snapshots", [])}
+        if step not in by_step:
+            raise InputDataError(f"{path} has no snapshot of step {step} (it has {sorted(by_step)})")
+        source = by_step[step]
+    chosen = source["ema"] if weights == "ema" and source["ema"] is not None else source["model"]
     model.load_state_dict(chosen)
     schedule = ScheduleConfig(**state["schedule"]).build()
     return model.to(device).eval(), schedule, state
@@ -280,6 +307,7 @@ def train_diffusion_model(
         ema=result.ema,
         training=train_cfg,
         patch_size=size,
+        snapshots=result.snapshots,
     )
     if loss_csv is not None:
         with atomic_path(loss_csv) as tmp:

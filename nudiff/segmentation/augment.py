@@ -13,14 +13,21 @@ Two parts, every random draw from one ``torch.Generator``:
   The default ranges are HoVer-Net's training ranges (vqdang/hover_net ``dataloader/augs.py``
   and ``train_loader.py``): brightness +-26 of 255, contrast factor 0.75..1.25 around the
   per-channel mean, saturation factor 0.8..1.2 against the grey image, hue +-8 on OpenCV's
-  0..180 hue scale (+-8/180 of the colour circle). HoVer-Net's blur/noise and affine
-  (scale, shear, free rotation) augmentations are not reproduced.
+  0..180 hue scale (+-8/180 of the colour circle);
+* HoVer-Net's shape and input augmentations (same files), each switchable: an affine warp of
+  image and map (per-axis scale 0.8..1.2, translation +-1%, shear +-5 degrees, rotation
+  +-179 degrees; the map by nearest neighbour, outside pixels black and background, as
+  imgaug's ``Affine(order=0)``) and one of Gaussian blur, median blur (kernel 1, 3 or 5) or
+  additive Gaussian noise (std up to 0.05 x 255, per channel for half the images).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+from scipy import ndimage
 from torchvision.transforms.v2.functional import adjust_hue
 
 from nudiff.diffusion.training import dihedral
@@ -33,6 +40,70 @@ HUE = 8.0 / 180.0
 # ITU-R BT.601 luma weights, as OpenCV's RGB2GRAY (HoVer-Net's saturation reference)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _N_COLOUR_OPS = 4
+# HoVer-Net's shape augmentation ranges (imgaug Affine)
+AFFINE_SCALE = (0.8, 1.2)
+AFFINE_TRANSLATE = 0.01
+AFFINE_SHEAR_DEG = 5.0
+AFFINE_ROTATE_DEG = 179.0
+NOISE_STD = 0.05 * 255.0
+MAX_KERNEL_HALF = 2  # kernels 1, 3, 5
+
+
+def _rand(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def random_affine(
+    rgb: np.ndarray, inst: np.ndarray, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """HoVer-Net's affine warp of an (image, instance map) pair about the patch centre.
+
+    The image is interpolated bilinearly, the map by nearest neighbour (ids stay ids);
+    pixels from outside the patch are black and background. Draws 6 numbers.
+    """
+    sx, sy = _rand(generator, *AFFINE_SCALE), _rand(generator, *AFFINE_SCALE)
+    tx, ty = (_rand(generator, -AFFINE_TRANSLATE, AFFINE_TRANSLATE) * n for n in inst.shape[::-1])
+    shear = math.radians(_rand(generator, -AFFINE_SHEAR_DEG, AFFINE_SHEAR_DEG))
+    angle = math.radians(_rand(generator, -AFFINE_ROTATE_DEG, AFFINE_ROTATE_DEG))
+    # forward map in (row, col) = (y, x): rotate(shear(scale(p)))
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotate = np.array([[cos, sin], [-sin, cos]])
+    shear_m = np.array([[1.0, 0.0], [math.tan(shear), 1.0]])
+    forward = rotate @ shear_m @ np.diag([sy, sx])
+    inverse = np.linalg.inv(forward)
+    centre = (np.array(inst.shape, dtype=np.float64) - 1.0) / 2.0
+    offset = centre - inverse @ (centre + np.array([ty, tx]))
+    warped_inst = ndimage.affine_transform(inst, inverse, offset=offset, order=0, mode="constant", cval=0)
+    warped_rgb = np.stack(
+        [
+            ndimage.affine_transform(rgb[..., c].astype(np.float32), inverse, offset=offset, order=1, cval=0.0)
+            for c in range(rgb.shape[-1])
+        ],
+        axis=-1,
+    )
+    return np.clip(np.rint(warped_rgb), 0, 255).astype(np.uint8), warped_inst
+
+
+def blur_or_noise(rgb: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """One of HoVer-Net's input augmentations, chosen uniformly: Gaussian blur or median blur
+    with a kernel of 1, 3 or 5 pixels (OpenCV's sigma for that kernel), or additive Gaussian
+    noise with std U(0, 0.05 x 255), the same on every channel or (half the time) per channel.
+    Draws 4 numbers plus the noise itself."""
+    choice = int(torch.randint(0, 3, (), generator=generator))
+    k_y, k_x = (2 * int(torch.randint(0, MAX_KERNEL_HALF + 1, (), generator=generator)) + 1 for _ in range(2))
+    std = _rand(generator, 0.0, NOISE_STD)
+    per_channel = bool(torch.rand((), generator=generator).item() < 0.5)
+    x = rgb.astype(np.float32)
+    if choice == 0:
+        sigmas = [0.3 * ((k - 1) * 0.5 - 1) + 0.8 if k > 1 else 0.0 for k in (k_y, k_x)]
+        x = ndimage.gaussian_filter(x, sigma=(*sigmas, 0.0), truncate=2.0)
+    elif choice == 1:
+        x = ndimage.median_filter(x, size=(k_x, k_x, 1), mode="reflect")
+    else:
+        shape = rgb.shape if per_channel else (*rgb.shape[:2], 1)
+        noise = torch.randn(shape, generator=generator).numpy() * std
+        x = x + noise
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def _uniform(generator: torch.Generator, strength: float) -> float:
@@ -112,18 +183,24 @@ def augment_pair(
     generator: torch.Generator,
     *,
     flips: bool = True,
+    affine: bool = False,
+    blur_noise: bool = False,
     brightness: float = BRIGHTNESS,
     contrast: float = CONTRAST,
     saturation: float = SATURATION,
     hue: float = HUE,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One random flip/rotation of the pair, then :func:`colour_jitter` of the image.
+    """HoVer-Net's augmentation of a pair: optional affine warp (:func:`random_affine`), a
+    random flip/rotation, optional blur or noise (:func:`blur_or_noise`), then
+    :func:`colour_jitter` of the image.
 
     Args:
         rgb: ``(S, S, 3)`` uint8 image (square when ``flips``: rotations swap the axes).
         inst: ``(S, S)`` int instance map aligned with ``rgb``.
         generator: the source of every draw; same state in, same pair out.
         flips: draw one of the 8 symmetries of the square (else keep the geometry).
+        affine: warp image and map by HoVer-Net's random affine transform first.
+        blur_noise: blur or add noise to the image (HoVer-Net's input augmentation).
         brightness, contrast, saturation, hue: see :func:`colour_jitter`.
 
     Returns:
@@ -131,8 +208,12 @@ def augment_pair(
     """
     if rgb.shape[:2] != inst.shape or inst.ndim != 2:
         raise ValueError(f"rgb {rgb.shape} and inst {inst.shape} must be (H, W, 3) and (H, W)")
+    if affine:
+        rgb, inst = random_affine(rgb, inst, generator)
     if flips:
         op = int(torch.randint(0, N_DIHEDRAL, (), generator=generator))
         rgb, inst = dihedral(rgb, op), dihedral(inst, op)
+    if blur_noise:
+        rgb = blur_or_noise(rgb, generator)
     rgb = colour_jitter(rgb, generator, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
     return rgb, inst

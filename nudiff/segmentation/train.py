@@ -17,7 +17,8 @@ the weights of the best mean (Dice + AJI) / 2; those are the weights saved.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,17 @@ class SegmenterTraining:
     """One Hover-Net training run; defaults follow HoVer-Net where it has a value.
 
     Attributes:
-        iterations: optimiser steps in all.
+        iterations: optimiser steps in all (unless ``epochs`` is set).
+        epochs: if set, the steps are ``ceil(epochs * n / batch_size)`` with ``n`` the training
+            patches the batches are drawn from (all of them when ``mixing`` is ``pooled``, the
+            real ones when ``paired``), so training length scales with the training set.
+        mixing: how synthetic samples enter a batch. ``pooled``: every sample of the batch is
+            drawn from all training rows alike (the paper). ``paired``: ``batch_size`` real
+            samples are drawn exactly as a run without synthetic rows draws them (same
+            generator, same augmentations), and ``round(batch_size * n_synthetic / n_real)``
+            synthetic samples are added from a generator of their own; an augmented run and
+            its labelled twin then see the same real stream, so their difference is the
+            synthetic pairs' effect and not another draw of the real batches.
         batch_size: patches per step (HoVer-Net: 16 in phase 1, 4 in phase 2).
         lr: Adam learning rate (HoVer-Net 1e-4, betas 0.9, 0.999).
         weight_decay: Adam L2 penalty (HoVer-Net: 0).
@@ -76,6 +87,7 @@ class SegmenterTraining:
         validate_every: steps between validations (the last step is always validated).
         val_fraction: share of the real source images held out for validation; 0 = none.
         augment: random flips/rotations and colour jitter of the training patches.
+        affine, blur_noise: HoVer-Net's affine warp and blur/noise augmentations (with ``augment``).
         brightness, contrast, saturation, hue: colour jitter strengths (HoVer-Net's ranges, see
             :func:`nudiff.segmentation.augment.colour_jitter`).
         checkpoint_every, keep_checkpoints, log_every: the loop's settings.
@@ -85,6 +97,8 @@ class SegmenterTraining:
     """
 
     iterations: int = 20_000
+    epochs: float | None = None
+    mixing: str = "pooled"
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -95,6 +109,8 @@ class SegmenterTraining:
     validate_every: int = 1000
     val_fraction: float = 0.1
     augment: bool = True
+    affine: bool = True
+    blur_noise: bool = True
     brightness: float = BRIGHTNESS
     contrast: float = CONTRAST
     saturation: float = SATURATION
@@ -114,6 +130,10 @@ class SegmenterTraining:
             raise ConfigError(
                 f"training.lr must be > 0 and training.weight_decay >= 0, got {self.lr}, {self.weight_decay}"
             )
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
+            raise ConfigError(f"training.epochs must be a positive number or null, got {self.epochs!r}")
+        if self.mixing not in ("pooled", "paired"):
+            raise ConfigError(f"training.mixing must be 'pooled' or 'paired', got {self.mixing!r}")
         if self.lr_decay_at is not None and not 0 < self.lr_decay_at < 1:
             raise ConfigError(f"training.lr_decay_at must be in (0, 1) or null, got {self.lr_decay_at!r}")
         if not 0 <= self.freeze_encoder_fraction < 1:
@@ -125,6 +145,12 @@ class SegmenterTraining:
         if not isinstance(self.watershed, dict):
             raise ConfigError(f"training.watershed must be a mapping, got {self.watershed!r}")
         object.__setattr__(self, "watershed", dict(self.watershed))
+
+    def with_epochs(self, n_patches: int) -> SegmenterTraining:
+        """These settings with ``iterations`` from ``epochs`` over ``n_patches`` (unchanged without epochs)."""
+        if self.epochs is None:
+            return self
+        return replace(self, iterations=max(1, math.ceil(self.epochs * n_patches / self.batch_size)))
 
     @property
     def frozen_steps(self) -> int:
@@ -176,6 +202,10 @@ class PhaseSchedule:
         self.step = int(state["step"])
 
 
+def _step_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, 1, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def _to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
     """``N x (S, S, C)`` -> ``(N, C, S, S)``."""
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -218,16 +248,29 @@ def train_segmenter(
     reader = SampleReader(table)
     rgb, inst = reader.load_all(train_rows)
     size = rgb.shape[1]
+    synthetic = (table["origin"].to_numpy()[train_rows] == "synthetic")
+    real_idx, synthetic_idx = np.flatnonzero(~synthetic), np.flatnonzero(synthetic)
+    if cfg.mixing == "paired" and len(real_idx) == 0:
+        raise InputDataError(f"{samples_csv}: training.mixing 'paired' needs real samples, there are none")
+    paired = cfg.mixing == "paired"
+    per_batch_synthetic = round(cfg.batch_size * len(synthetic_idx) / len(real_idx)) if paired else 0
+    cfg = cfg.with_epochs(len(real_idx) if paired else len(train_rows))
     try:
         net_cfg.output_size(size)
     except ValueError as err:
         raise ConfigError(f"network: patches of {samples_csv} are {size} px: {err}") from err
     logger.info(
-        "training Hover-Net on %d patches of %d px from %s (%d validation patches)",
+        "training Hover-Net on %d patches (%d real, %d synthetic) of %d px from %s (%d validation patches); "
+        "%d steps, batches of %d%s",
         len(rgb),
+        len(real_idx),
+        len(synthetic_idx),
         size,
         samples_csv,
         len(val_rows),
+        cfg.iterations,
+        cfg.batch_size,
+        f" real + {per_batch_synthetic} synthetic (paired)" if paired else " (pooled)",
     )
 
     model = HoVerNet(net_cfg, generator=torch.Generator().manual_seed(cfg.seed))
@@ -235,16 +278,26 @@ def train_segmenter(
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     schedule = PhaseSchedule(model, optimizer, cfg)
-    jitter = {k: getattr(cfg, k) for k in ("brightness", "contrast", "saturation", "hue")}
+    jitter = {k: getattr(cfg, k) for k in ("brightness", "contrast", "saturation", "hue", "affine", "blur_noise")}
 
-    def step(model: HoVerNet, generator: torch.Generator) -> torch.Tensor:
-        schedule.before_step()
-        idx = torch.randint(0, len(rgb), (cfg.batch_size,), generator=generator).tolist()
-        images, structures = [], []
-        for i in idx:
+    def draw(rows: np.ndarray, n: int, generator: torch.Generator, images: list, structures: list) -> None:
+        for i in rows[torch.randint(0, len(rows), (n,), generator=generator).numpy()]:
             image, labels = augment_pair(rgb[i], inst[i], generator, **jitter) if cfg.augment else (rgb[i], inst[i])
             images.append(image)
             structures.append(nuclei_structure(labels))
+
+    def step(model: HoVerNet, generator: torch.Generator) -> torch.Tensor:
+        schedule.before_step()
+        images, structures = [], []
+        if paired:
+            draw(real_idx, cfg.batch_size, generator, images, structures)
+            if per_batch_synthetic:
+                # a generator per step: the real stream never sees these draws, and resuming
+                # needs no extra state
+                extra = torch.Generator().manual_seed(_step_seed(cfg.seed, schedule.step + 1))
+                draw(synthetic_idx, per_batch_synthetic, extra, images, structures)
+        else:
+            draw(np.arange(len(rgb)), cfg.batch_size, generator, images, structures)
         x = _to_batch(images).to(device).float().div_(255.0)
         targets = structure_to_targets(_to_batch(structures).to(device))
         return hovernet_loss(model(x), targets)[0]

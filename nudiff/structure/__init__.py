@@ -5,6 +5,7 @@ structure (semantic, horizontal, vertical; SPEC.md section 3) from an instance m
 :mod:`.watershed` post-processes a structure into an instance map.
 """
 
+from nudiff.structure.cleanup import clean_instances
 from nudiff.structure.targets import (
     HORIZONTAL,
     N_CHANNELS,
@@ -21,6 +22,7 @@ __all__ = [
     "N_CHANNELS",
     "SEMANTIC",
     "VERTICAL",
+    "clean_instances",
     "instances_from_structure",
     "nuclei_structure",
     "structure_from_model_range",

@@ -19,7 +19,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import pandas as pd
@@ -44,7 +44,10 @@ class LoopSettings:
     log_every: int = 100
     grad_clip: float | None = 1.0
     ema_decay: float | None = None
-    bf16: bool = True  # autocast on CUDA only; the CPU trains in float32
+    ema_warmup: bool = False
+    snapshot_every: int | None = None
+    bf16: bool = True  # autocast on CUDA
+    cpu_bf16: bool = False  # autocast on the CPU too (fast where it has bf16 units: AMX, AVX512-BF16)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -53,6 +56,8 @@ class LoopSettings:
             raise ValueError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be at least 1 or None, got {self.snapshot_every}")
 
 
 class Callback(Protocol):
@@ -74,6 +79,7 @@ class TrainResult:
     model: nn.Module
     ema: nn.Module | None
     history: pd.DataFrame  # one row per step: step, loss, lr, seconds
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # step, model, ema (CPU state dicts)
 
 
 @contextlib.contextmanager
@@ -97,11 +103,38 @@ def stop_requests(signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SI
             signal.signal(sig, handler)
 
 
-def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+def ema_decay_at(decay: float, num_averaged: int, *, warmup: bool) -> float:
+    """The decay of the EMA update that follows ``num_averaged`` earlier updates.
+
+    With ``warmup`` it is ``min(decay, (1 + n) / (10 + n))`` (the warm-up of TensorFlow's
+    ExponentialMovingAverage with ``num_updates``): after 100 steps the EMA weighs the
+    initial network by about 1e-4 instead of ``decay ** 100``, so a short run does not
+    sample a model that is still largely its zero-initialised start.
+    """
+    return min(decay, (1.0 + num_averaged) / (10.0 + num_averaged)) if warmup else decay
+
+
+def make_ema(model: nn.Module, decay: float | None, *, warmup: bool = False) -> AveragedModel | None:
     """An exponential moving average of ``model``'s weights (and buffers), or None."""
     if decay is None:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if not warmup:
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    @torch.no_grad()
+    def warm_ema(ema_params, current_params, num_averaged):
+        d = ema_decay_at(decay, int(num_averaged), warmup=True)
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, current_params, 1.0 - d)
+        else:  # integer buffers cannot be interpolated in place
+            for e, c in zip(ema_params, current_params):
+                e.copy_(e * d + c * (1.0 - d))
+
+    return AveragedModel(model, multi_avg_fn=warm_ema, use_buffers=True)
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -145,12 +178,13 @@ def run_training(
         TrainingInterrupted: after SIGTERM/SIGINT, once a checkpoint is saved.
     """
     device = torch.device(device)
-    ema = make_ema(model, settings.ema_decay)
+    ema = make_ema(model, settings.ema_decay, warmup=settings.ema_warmup)
     history: list[dict[str, float]] = []
-    start_step = _resume(model, optimizer, ema, generator, callbacks, store, fingerprint, history)
+    snapshots: list[dict[str, Any]] = []
+    start_step = _resume(model, optimizer, ema, generator, callbacks, store, fingerprint, history, snapshots)
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cuda" and settings.bf16
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if (device.type == "cuda" and settings.bf16) or (device.type == "cpu" and settings.cpu_bf16)
         else contextlib.nullcontext()
     )
 
@@ -164,6 +198,7 @@ def run_training(
             "rng": _rng_state(generator),
             "callbacks": [cb.state_dict() for cb in callbacks],
             "history": {k: [row[k] for row in history] for k in ("step", "loss", "lr", "seconds")},
+            "snapshots": snapshots,
         }
         store.save(step, state)
 
@@ -208,6 +243,13 @@ def run_training(
                     eta,
                 )
                 window, t0 = [], time.monotonic()
+            if settings.snapshot_every is not None and (
+                step % settings.snapshot_every == 0 or step == settings.iterations
+            ):
+                # candidates for sampling, chosen later by a measured score (not by the last step)
+                snapshots.append(
+                    {"step": step, "model": _cpu_state(model), "ema": _cpu_state(ema.module) if ema else None}
+                )
             if stops:
                 checkpoint(step)
                 raise TrainingInterrupted(
@@ -216,10 +258,15 @@ def run_training(
             if step % settings.checkpoint_every == 0 and step < settings.iterations:
                 checkpoint(step)
     model.eval()
-    return TrainResult(model=model, ema=ema, history=pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"]))
+    return TrainResult(
+        model=model,
+        ema=ema,
+        history=pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"]),
+        snapshots=snapshots,
+    )
 
 
-def _resume(model, optimizer, ema, generator, callbacks, store, fingerprint, history) -> int:
+def _resume(model, optimizer, ema, generator, callbacks, store, fingerprint, history, snapshots) -> int:
     latest = store.latest()
     if latest is None:
         return 0
@@ -237,6 +284,7 @@ def _resume(model, optimizer, ema, generator, callbacks, store, fingerprint, his
     _restore_rng(generator, state["rng"])
     saved = state["history"]
     history.extend(dict(zip(saved, values)) for values in zip(*saved.values()))
+    snapshots.extend(state.get("snapshots", []))
     logger.info("resumed from %s (step %d)", latest, state["step"])
     return int(state["step"])
 
