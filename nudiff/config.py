@@ -34,11 +34,12 @@ def check_config(config: dict[str, Any]) -> None:
         missing = [subset_key(p) for p in config["subsets"] if subset_key(p) not in spec["synthetic_pairs"]]
         if missing:
             raise ConfigError(f"{key}.synthetic_pairs: no entry for subset(s) {missing}")
-    comparison = config.get("diffusion", {}).get("compare_samplers", {})
-    if comparison.get("enabled") and comparison.get("subset") not in config["subsets"]:
-        raise ConfigError(
-            f"diffusion.compare_samplers.subset: {comparison.get('subset')} is not one of subsets {config['subsets']}"
-        )
+    for name in ("compare_samplers", "guidance_sweep"):
+        part = config.get("diffusion", {}).get(name, {})
+        if part.get("enabled") and part.get("subset") not in config["subsets"]:
+            raise ConfigError(
+                f"diffusion.{name}.subset: {part.get('subset')} is not one of subsets {config['subsets']}"
+            )
     patches = config.get("patches", {})
     if patches.get("stride", 1) > patches.get("size", 1):
         raise ConfigError("patches.stride: larger than patches.size, so pixels between patches would be skipped")

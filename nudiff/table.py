@@ -51,6 +51,11 @@ TABLE_COLUMNS = (
     "aji_gain",
     "paper_dice_gain",
     "paper_aji_gain",
+    "n_paired_seeds",
+    "dice_paired_gain_mean",
+    "dice_paired_gain_std",
+    "aji_paired_gain_mean",
+    "aji_paired_gain_std",
 )
 _SUBSET = re.compile(r"^(\d+)pct$")
 
@@ -183,6 +188,7 @@ def build_table(metrics_csvs: Sequence[str | os.PathLike], *, paper_datasets: Ma
         records.append(record)
     table = pd.DataFrame(records)
     _add_gains(table)
+    _add_paired_gains(table, rows)
 
     model_rank = {name: i for i, name in enumerate(MODEL_NAMES)}
     table = table.assign(
@@ -205,6 +211,46 @@ def _add_gains(table: pd.DataFrame) -> None:
         for column, gain in ((f"{metric}_mean", f"{metric}_gain"), (f"paper_{metric}", f"paper_{metric}_gain")):
             base = labelled[column].reindex(index).to_numpy()
             table[gain] = np.where(is_augmented, table[column].to_numpy() - base, np.nan)
+
+
+def _add_paired_gains(table: pd.DataFrame, rows: pd.DataFrame) -> None:
+    """Augmented - labelled of the same seed, then mean and sample std over the seeds both have.
+
+    A seed fixes a segmenter's initial weights, validation split and (with paired mixing)
+    its real training batches, so the per-seed difference removes what the two arms share;
+    its spread is the yardstick a gain must exceed. On augmented rows only.
+    """
+    keys = ["dataset", "model", "subset"]
+    by_arm = {arm: rows[rows["trainset"] == arm].set_index([*keys, "seed"])[list(METRICS)] for arm in TRAINSETS}
+    differences = (by_arm["augmented"] - by_arm["labelled"]).dropna()
+    for column in ("n_paired_seeds", *(f"{m}_paired_gain_{s}" for m in METRICS for s in ("mean", "std"))):
+        table[column] = np.nan
+    for key, group in differences.groupby(level=keys):
+        at = (table[keys].apply(tuple, axis=1) == key) & (table["trainset"] == "augmented")
+        table.loc[at, "n_paired_seeds"] = len(group)
+        for metric in METRICS:
+            table.loc[at, f"{metric}_paired_gain_mean"] = group[metric].mean()
+            table.loc[at, f"{metric}_paired_gain_std"] = group[metric].std(ddof=1)
+
+
+def paired_gain_text(row: pd.Series, metric: str) -> str:
+    """``+0.0123 ± 0.0045 (3 seeds)``; ``-`` without paired seeds."""
+    n = row["n_paired_seeds"]
+    if not np.isfinite(n) or n < 1:
+        return "-"
+    mean, std = row[f"{metric}_paired_gain_mean"], row[f"{metric}_paired_gain_std"]
+    spread = f" ± {std:.4f}" if np.isfinite(std) else ""
+    return f"{mean:+.4f}{spread} ({int(n)} seed{'s' if n > 1 else ''})"
+
+
+def _paired_lines(table: pd.DataFrame, model: str) -> list[str]:
+    part = table[(table["model"] == model) & (table["trainset"] == "augmented")]
+    return [
+        f"{r['dataset']} {subset_percent(r['subset'])}%: augmented - labelled, same seed: "
+        + ", ".join(f"{'Dice' if m == 'dice' else 'AJI'} {paired_gain_text(r, m)}" for m in METRICS)
+        for _, r in part.iterrows()
+        if np.isfinite(r["n_paired_seeds"])
+    ]
 
 
 def _fmt(value: float, *, signed: bool = False) -> str:
@@ -281,7 +327,7 @@ def _blocks(table: pd.DataFrame) -> list[_Block]:
                     cells += _cells(by_key.get((dataset, subset, trainset)), metric, with_paper[dataset])
             rows.append([text for text, _ in cells])
             signs.append([sign for _, sign in cells])
-        notes = [_note(model, d, part[part["dataset"] == d]) for d in datasets]
+        notes = [_note(model, d, part[part["dataset"] == d]) for d in datasets] + _paired_lines(table, model)
         blocks.append(_Block(MODEL_NAMES.get(model, model), header, rows, signs, notes))
     return blocks
 

@@ -97,6 +97,9 @@ GPU_RULES = {
     "train_segmenter",
     "segment_test_images",
     "segment_synthetic_pairs",
+    "select_structure_weights",
+    "select_image_weights",
+    "guidance_sweep",
 }
 
 
@@ -161,6 +164,15 @@ def diffusion_outputs(dataset):
         pct=SUBSETS,
         evidence=["statistics", "segmenter_agreement"],
     )
+    out += expand(
+        "results/{dataset}/{pct}pct/diffusion/{model}_selection.csv",
+        dataset=dataset,
+        pct=SUBSETS,
+        model=["structure_model", "image_model"],
+    )
+    sweep = config["diffusion"]["guidance_sweep"]
+    if sweep["enabled"]:
+        out.append(f"results/{dataset}/{sweep['subset']}pct/synthetic/quality/guidance_sweep.csv")
     comparison = config["diffusion"]["compare_samplers"]
     if comparison["enabled"]:
         out.append(f"results/{dataset}/{comparison['subset']}pct/sampler_comparison/statistics.csv")

@@ -101,9 +101,111 @@ rule train_image_model_guided:
         "../workflow_scripts/train_diffusion_model.py"
 
 
+rule select_structure_weights:
+    input:
+        model="results/{dataset}/{pct}pct/diffusion/structure_model.pt",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+    output:
+        scores=report(
+            "results/{dataset}/{pct}pct/diffusion/structure_model_selection.csv",
+            caption="../config/report/weight_selection.rst",
+            category="Diffusion models",
+            subcategory="{dataset} {pct}%",
+        ),
+        chosen="results/{dataset}/{pct}pct/diffusion/structure_model_selection.json",
+    log:
+        "logs/{dataset}/{pct}pct/select_structure_weights.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/select_structure_weights.tsv"
+    params:
+        n=config["diffusion"]["selection"]["n_structures"],
+        sampling=config["diffusion"]["sampling"],
+        watershed=config["watershed"],
+        cleanup=config["diffusion"]["cleanup"],
+        device=config["diffusion"]["device"],
+    threads: threads_for("select_structure_weights")
+    resources:
+        **resources_for("select_structure_weights"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/select_structure_weights.py"
+
+
+rule select_image_weights:
+    input:
+        model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        segmenter=labelled_segmenter("model.pt"),
+    output:
+        scores=report(
+            "results/{dataset}/{pct}pct/diffusion/image_model_selection.csv",
+            caption="../config/report/weight_selection.rst",
+            category="Diffusion models",
+            subcategory="{dataset} {pct}%",
+        ),
+        chosen="results/{dataset}/{pct}pct/diffusion/image_model_selection.json",
+    log:
+        "logs/{dataset}/{pct}pct/select_image_weights.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/select_image_weights.tsv"
+    params:
+        n=config["diffusion"]["selection"]["n_images"],
+        sampling=config["diffusion"]["sampling"],
+        watershed=config["watershed"],
+        device=config["diffusion"]["device"],
+    threads: threads_for("select_image_weights")
+    resources:
+        **resources_for("select_image_weights"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/select_image_weights.py"
+
+
+rule guidance_sweep:
+    input:
+        model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
+        selection="results/{dataset}/{pct}pct/diffusion/image_model_selection.json",
+        pairs=pair_shards,
+        segmenter=labelled_segmenter("model.pt"),
+        reference=labelled_segmenter("scores.csv"),
+    output:
+        table=report(
+            "results/{dataset}/{pct}pct/synthetic/quality/guidance_sweep.csv",
+            caption="../config/report/guidance_sweep.rst",
+            category="Synthetic pairs",
+            subcategory="{dataset} {pct}%",
+        ),
+        figure=report(
+            "results/{dataset}/{pct}pct/synthetic/quality/guidance_sweep.png",
+            caption="../config/report/guidance_sweep.rst",
+            category="Synthetic pairs",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/guidance_sweep.log",
+    benchmark:
+        "benchmarks/{dataset}/{pct}pct/guidance_sweep.tsv"
+    params:
+        scales=config["diffusion"]["guidance_sweep"]["scales"],
+        n=config["diffusion"]["guidance_sweep"]["n"],
+        sampling=config["diffusion"]["sampling"],
+        watershed=config["watershed"],
+        device=config["diffusion"]["device"],
+    threads: threads_for("guidance_sweep")
+    resources:
+        **resources_for("guidance_sweep"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/guidance_sweep.py"
+
+
 rule sample_structures:
     input:
-        "results/{dataset}/{pct}pct/diffusion/structure_model.pt",
+        model="results/{dataset}/{pct}pct/diffusion/structure_model.pt",
+        selection="results/{dataset}/{pct}pct/diffusion/structure_model_selection.json",
     output:
         "results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
     log:
@@ -130,6 +232,7 @@ rule sample_structures:
 rule sample_images:
     input:
         model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
+        selection="results/{dataset}/{pct}pct/diffusion/image_model_selection.json",
         structures="results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
     output:
         "results/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",

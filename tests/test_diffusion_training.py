@@ -14,7 +14,7 @@ from nudiff.diffusion.training import (
     load_diffusion_model,
     train_diffusion_model,
 )
-from nudiff.errors import ConfigError
+from nudiff.errors import ConfigError, InputDataError
 from nudiff.training.loop import TrainingInterrupted
 
 TINY_TRAINING = {
@@ -111,3 +111,30 @@ def test_structure_model_refuses_a_drop_rate(tmp_path, tiny_labelled_csv):
 def test_unknown_training_key_is_named(tmp_path, tiny_labelled_csv):
     with pytest.raises(ConfigError, match="learning_rate"):
         train("structure", tiny_labelled_csv, tmp_path, learning_rate=0.1)
+
+
+def test_a_snapshot_loads_the_weights_of_its_step(tmp_path, tiny_labelled_csv):
+    """snapshot_every 2 over 6 steps keeps steps 2, 4 and 6. With a constant lr the step-2
+    snapshot (raw and EMA) is the final state of a 2-step run; step 6 is the final state; an
+    unknown step is refused with the steps there are."""
+    train("structure", tiny_labelled_csv, tmp_path / "long", snapshot_every=2)
+    train("structure", tiny_labelled_csv, tmp_path / "short", iterations=2)
+    long, short = tmp_path / "long" / "structure.pt", tmp_path / "short" / "structure.pt"
+    assert [s["step"] for s in torch.load(long, weights_only=True)["snapshots"]] == [2, 4, 6]
+
+    def weights(path, **kwargs):
+        return load_diffusion_model(path, **kwargs)[0].state_dict()
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    for kind in ("model", "ema"):
+        assert same(weights(long, weights=kind, step=2), weights(short, weights=kind))
+        assert same(weights(long, weights=kind, step=6), weights(long, weights=kind))
+        assert not same(weights(long, weights=kind, step=2), weights(long, weights=kind, step=4))
+    # the snapshot's EMA is its own (warm-up: 2/11 of step 1 + 9/11 of step 2), not its raw weights
+    assert not same(weights(long, weights="ema", step=2), weights(long, weights="model", step=2))
+    with pytest.raises(InputDataError, match=r"step 3 .*\[2, 4, 6\]"):
+        load_diffusion_model(long, step=3)
+    with pytest.raises(InputDataError, match=r"\[\]"):
+        load_diffusion_model(short, step=2)  # trained without snapshots

@@ -9,14 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 
 from nudiff.diffusion.training import dihedral
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.io.images import write_image, write_instance_map
-from nudiff.samples import SAMPLE_COLUMNS, write_sample_table
+from nudiff.samples import SAMPLE_COLUMNS, read_sample_table, synthetic_samples, write_sample_table
 from nudiff.segmentation import HoVerNet, HoVerNetConfig
 from nudiff.segmentation import train as train_module
-from nudiff.segmentation.augment import augment_pair, colour_jitter
+from nudiff.segmentation.augment import augment_pair, blur_or_noise, colour_jitter, random_affine
 from nudiff.segmentation.train import (
     PhaseSchedule,
     SegmenterTraining,
@@ -150,6 +151,106 @@ def test_colour_operations_have_their_known_effects():
     assert not np.array_equal(out, img)
     with pytest.raises(ValueError, match="hue"):
         colour_jitter(img, torch.Generator(), hue=0.7)
+
+
+def red_square() -> tuple[np.ndarray, np.ndarray]:
+    """A 10x10 nucleus off the centre of a 32 px patch, painted red exactly on its pixels (blue elsewhere)."""
+    inst = np.zeros((32, 32), np.int32)
+    inst[4:14, 18:28] = 1
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 2] = 255
+    rgb[inst > 0] = (255, 0, 0)
+    return rgb, inst
+
+
+def assert_red_where_labelled(rgb: np.ndarray, inst: np.ndarray) -> None:
+    """Red pixels (bilinear image) and labelled pixels (nearest-neighbour map) agree except on
+    the label's 1-px border band."""
+    labelled, red = inst > 0, rgb[..., 0] > 127
+    assert labelled.sum() > 20  # the nucleus is still (mostly) in the patch
+    band = ndimage.binary_dilation(labelled) & ~ndimage.binary_erosion(labelled)
+    assert not ((red ^ labelled) & ~band).any()
+    assert (red ^ labelled).sum() <= 0.1 * labelled.sum()
+
+
+def test_affine_warps_image_and_map_together():
+    """Over 12 seeds (rotations up to +-179 degrees), directly and within augment_pair with
+    flips, the warped image is red exactly where the warped map is labelled."""
+    rgb, inst = red_square()
+    for seed in range(12):
+        assert_red_where_labelled(*random_affine(rgb, inst, torch.Generator().manual_seed(seed)))
+        out = augment_pair(rgb, inst, torch.Generator().manual_seed(seed), affine=True, **NO_JITTER)
+        assert_red_where_labelled(*out)
+
+
+def test_affine_map_keeps_its_ids_and_is_seeded():
+    """Nearest neighbour: warped ids are a subset of the input ids (1000 + k, so any interpolation
+    would invent new values), background stays 0, dtype kept; same seed, same warp."""
+    rgb, inst = disc_image(2, 32)
+    inst = np.where(inst > 0, 1000 + inst, 0).astype(np.int32)
+    changed = 0
+    for seed in range(8):
+        out_rgb, out_inst = random_affine(rgb, inst, torch.Generator().manual_seed(seed))
+        assert out_inst.dtype == inst.dtype and out_rgb.dtype == np.uint8 and out_rgb.shape == rgb.shape
+        assert set(np.unique(out_inst)) <= set(np.unique(inst)) and (out_inst == 0).any()
+        again = random_affine(rgb, inst, torch.Generator().manual_seed(seed))
+        assert np.array_equal(again[0], out_rgb) and np.array_equal(again[1], out_inst)
+        changed += not np.array_equal(out_inst, inst)
+    assert changed == 8
+    empty = random_affine(rgb, np.zeros_like(inst), torch.Generator().manual_seed(0))[1]
+    assert not empty.any()
+
+
+def test_affine_turns_about_the_patch_centre_within_the_scale_range():
+    """A disc at the patch centre stays there (translation is at most 1% = 0.32 px; a rotation
+    about a corner would move it away) and its area changes by sx * sy in [0.64, 1.44]."""
+    yy, xx = np.mgrid[:32, :32]
+    disc = (((yy - 15.5) ** 2 + (xx - 15.5) ** 2) <= 36).astype(np.int32)
+    areas = []
+    for seed in range(10):
+        out = random_affine(np.zeros((32, 32, 3), np.uint8), disc, torch.Generator().manual_seed(seed))[1]
+        cy, cx = ndimage.center_of_mass(out)
+        assert abs(cy - 15.5) < 1.0 and abs(cx - 15.5) < 1.0
+        areas.append(out.sum() / disc.sum())
+    assert 0.6 < min(areas) and max(areas) < 1.5 and max(areas) - min(areas) > 0.1
+
+
+def test_blur_keeps_a_constant_image_and_noise_is_centred():
+    """Blur (Gaussian or median, 2 of 3 draws) leaves a constant image exactly constant; the
+    noise draws (1 of 3) add zero-mean noise of std <= 0.05 x 255. Shape and dtype are kept."""
+    grey = np.full((16, 16, 3), 128, np.uint8)
+    constant = 0
+    for seed in range(60):
+        out = blur_or_noise(grey, torch.Generator().manual_seed(seed))
+        assert out.shape == grey.shape and out.dtype == np.uint8
+        assert np.array_equal(out, blur_or_noise(grey, torch.Generator().manual_seed(seed)))
+        if np.array_equal(out, grey):
+            constant += 1
+        else:
+            assert abs(out.mean() - 128) < 3 and np.abs(out.astype(int) - 128).max() <= 80
+    assert 27 <= constant <= 54  # ~2/3 of 60 (blur, plus noise of std < 0.5 that rounds away)
+
+
+def test_blur_or_noise_clips_to_uint8():
+    """Noise on a white (black) image is clipped at 255 (0), never wrapped around."""
+    for value, ok in ((255, lambda o: o.min() >= 175), (0, lambda o: o.max() <= 80)):
+        image = np.full((16, 16, 3), value, np.uint8)
+        outs = [blur_or_noise(image, torch.Generator().manual_seed(seed)) for seed in range(30)]
+        assert all(ok(o) for o in outs)
+        assert any(not np.array_equal(o, image) for o in outs)  # some draws did add noise
+
+
+def test_augment_pair_with_affine_and_blur_is_seeded_and_keeps_ids():
+    """The full augmentation (affine, flips, blur/noise, jitter) is a function of the generator's
+    state; its map holds only input ids; switching the affine warp off changes the result."""
+    rgb, inst = disc_image(4, 32)
+    for seed in range(4):
+        a = augment_pair(rgb, inst, torch.Generator().manual_seed(seed), affine=True, blur_noise=True)
+        b = augment_pair(rgb, inst, torch.Generator().manual_seed(seed), affine=True, blur_noise=True)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        assert set(np.unique(a[1])) <= set(np.unique(inst))
+        plain = augment_pair(rgb, inst, torch.Generator().manual_seed(seed), blur_noise=True)
+        assert not np.array_equal(plain[1], a[1])
 
 
 # ---------------------------------------------------------------- validation split
@@ -311,6 +412,101 @@ def test_frozen_phase_leaves_encoder_parameters_untouched(tmp_path, monkeypatch)
     for key in names:
         same = torch.equal(trained[key], initial[key])
         assert same == key.startswith("encoder."), key
+
+
+# ---------------------------------------------------------------- epochs and mixing
+
+
+def with_synthetic(tmp_path, samples, n: int, name: str = "mixed"):
+    """``samples`` plus ``n`` synthetic pairs (discs of other seeds) from a shard file, appended."""
+    pairs = [disc_image(100 + k, 32) for k in range(n)]
+    shard = tmp_path / f"{name}_shard.npz"
+    np.savez(shard, images=np.stack([p[0] for p in pairs]), instances=np.stack([p[1] for p in pairs]))
+    table = pd.concat([read_sample_table(samples), synthetic_samples(shard, n, 32, prefix=name)], ignore_index=True)
+    path = tmp_path / f"{name}.csv"
+    write_sample_table(table[SAMPLE_COLUMNS], path)
+    return path, {p[0].tobytes() for p in pairs}
+
+
+def recorded_run(tmp_path, monkeypatch, samples, name, **changes):
+    """Train, recording every augment_pair call (input image, output pair) and, per step, the
+    targets the loss gets."""
+    calls, steps = [], []
+    augment, loss = train_module.augment_pair, train_module.hovernet_loss
+
+    def recording_augment(rgb, inst, generator, **kwargs):
+        out = augment(rgb, inst, generator, **kwargs)
+        calls.append((rgb.tobytes(), *out))
+        return out
+
+    def recording_loss(outputs, targets, **kwargs):
+        steps.append({k: v.detach().clone() for k, v in targets.items()})
+        return loss(outputs, targets, **kwargs)
+
+    monkeypatch.setattr(train_module, "augment_pair", recording_augment)
+    monkeypatch.setattr(train_module, "hovernet_loss", recording_loss)
+    run(tmp_path, samples, name, validate_every=100, **changes)
+    monkeypatch.setattr(train_module, "augment_pair", augment)
+    monkeypatch.setattr(train_module, "hovernet_loss", loss)
+    return calls, steps
+
+
+def test_paired_mixing_draws_the_real_batches_of_the_labelled_run(tmp_path, monkeypatch):
+    """18 real training patches (3 images, 1 held out) + 8 synthetic ones, batches of 4, paired:
+    each step draws the 4 real samples, with the same augmentations, that a run on the real rows
+    alone draws with the same seed, then round(4 * 8 / 18) = 2 synthetic ones (floor would
+    give 1; counting synthetic rows in the denominator would give round(32 / 26) = 1). With
+    epochs 0.5 both runs take ceil(0.5 * 18 / 4) = 3 steps (not the 6 iterations set)."""
+    samples = sample_table(tmp_path)
+    mixed, synthetic_images = with_synthetic(tmp_path, samples, 8)
+    real_calls, real_steps = recorded_run(tmp_path, monkeypatch, samples, "real", epochs=0.5)
+    mixed_calls, mixed_steps = recorded_run(tmp_path, monkeypatch, mixed, "mixed", epochs=0.5, mixing="paired")
+
+    for name in ("real", "mixed"):
+        assert pd.read_csv(tmp_path / f"{name}_loss.csv")["step"].tolist() == [1, 2, 3]
+    assert len(real_calls) == 3 * 4 and len(mixed_calls) == 3 * 6
+    for step in range(3):
+        real, mixed_batch = real_calls[4 * step : 4 * step + 4], mixed_calls[6 * step : 6 * step + 6]
+        for (a_in, a_rgb, a_inst), (b_in, b_rgb, b_inst) in zip(real, mixed_batch[:4]):
+            assert a_in == b_in and np.array_equal(a_rgb, b_rgb) and np.array_equal(a_inst, b_inst)
+        assert all(c[0] in synthetic_images for c in mixed_batch[4:])
+        assert not any(c[0] in synthetic_images for c in real)
+        assert mixed_steps[step]["np"].shape[0] == 6
+        for key in ("np", "hv"):
+            assert torch.equal(mixed_steps[step][key][:4], real_steps[step][key])
+    assert len({c[0] for c in real_calls}) > 3  # many patches were drawn, not one repeated batch
+
+
+def test_paired_mixing_rounds_the_synthetic_share_and_pooled_epochs_count_every_row(tmp_path, monkeypatch):
+    """5 synthetic rows with 18 real: round(4 * 5 / 18) = round(1.11) = 1 extra sample per step
+    (ceil would give 2). Pooled, epochs count every training row: ceil(1 * (18 + 5) / 4) = 6
+    steps (the real rows alone would give 5), each batch just the 4 samples."""
+    samples = sample_table(tmp_path)
+    mixed, _ = with_synthetic(tmp_path, samples, 5)
+    _, steps = recorded_run(tmp_path, monkeypatch, mixed, "paired", iterations=1, mixing="paired")
+    assert [s["np"].shape[0] for s in steps] == [5]
+    _, steps = recorded_run(tmp_path, monkeypatch, mixed, "pooled", epochs=1)
+    assert [s["np"].shape[0] for s in steps] == [4] * 6
+    assert pd.read_csv(tmp_path / "pooled_loss.csv")["step"].tolist() == list(range(1, 7))
+
+
+def test_mixing_and_epochs_are_checked(tmp_path):
+    """Bad mixing or epochs name their key; epochs give ceil(epochs * n / batch_size) steps;
+    paired mixing needs real samples."""
+    with pytest.raises(ConfigError, match="training.mixing"):
+        SegmenterTraining(mixing="interleaved")
+    with pytest.raises(ConfigError, match="training.epochs"):
+        SegmenterTraining(epochs=0)
+    assert SegmenterTraining(epochs=2.5, batch_size=4).with_epochs(18).iterations == 12  # ceil(11.25)
+    assert SegmenterTraining(iterations=7).with_epochs(18).iterations == 7  # no epochs: unchanged
+    # paired mixing without any real sample to pair with is refused
+    synthetic_only = tmp_path / "synthetic.csv"
+    shard = tmp_path / "s.npz"
+    rgb, inst = disc_image(0, 32)
+    np.savez(shard, images=rgb[None], instances=inst[None])
+    write_sample_table(synthetic_samples(shard, 1, 32, prefix="s")[SAMPLE_COLUMNS], synthetic_only)
+    with pytest.raises(InputDataError, match="paired"):
+        run(tmp_path, synthetic_only, "x", mixing="paired")
 
 
 def test_bad_settings_and_files_are_named(tmp_path):

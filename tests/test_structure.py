@@ -17,6 +17,7 @@ from nudiff.structure import (
     N_CHANNELS,
     SEMANTIC,
     VERTICAL,
+    clean_instances,
     instances_from_structure,
     nuclei_structure,
     structure_from_model_range,
@@ -257,3 +258,115 @@ def test_odd_shapes_run():
 def test_instances_from_structure_rejects_bad_input(structure, options):
     with pytest.raises(ValueError):
         instances_from_structure(structure, **options)
+
+
+# ---------------------------------------------------------------- cleanup of sampled labels
+
+
+def test_cleanup_fills_a_hole_but_never_over_another_nucleus():
+    """A background hole becomes part of its nucleus; a hole holding another nucleus keeps it."""
+    inst = np.zeros((12, 22), np.int32)
+    inst[1:7, 1:7] = 1
+    inst[3:5, 3:5] = 0  # a 2x2 background hole in nucleus 1
+    inst[1:8, 10:17] = 2
+    inst[3:6, 12:15] = 3  # nucleus 3 fills the 3x3 hole of ring 2 exactly
+    expected = inst.copy()
+    expected[3:5, 3:5] = 1
+    assert np.array_equal(clean_instances(inst, min_area=0), expected)
+    # and without filling, the hole stays
+    assert np.array_equal(clean_instances(inst, min_area=0, fill_holes=False), inst)
+
+
+def test_cleanup_keeps_the_largest_8_connected_piece_of_a_nucleus():
+    """A nucleus in two pieces keeps only the larger; pieces touching at a corner are one piece."""
+    inst = np.zeros((10, 12), np.int32)
+    inst[1:4, 1:4] = 1  # 9 px
+    inst[7:9, 1:2] = 1  # 2 px, apart: dropped
+    inst[1:3, 7:9] = 2  # 4 px
+    inst[3:6, 9:11] = 2  # 6 px, touching the first piece at a corner only: kept with it
+    expected = inst.copy()
+    expected[7:9, 1:2] = 0
+    assert np.array_equal(clean_instances(inst, min_area=0), expected)
+    assert np.array_equal(clean_instances(inst, min_area=0, largest_fragment=False), inst)
+
+
+def test_cleanup_drops_nuclei_below_min_area_after_filling_them():
+    """Sizes 4, 5 and 6 px with min_area 5: the 4-px one goes. A ring of 8 px around a 1-px hole
+    is 9 px once filled, so min_area 9 keeps it only when holes are filled."""
+    inst = np.zeros((6, 30), np.int32)
+    inst[0:2, 0:2] = 1  # 4 px
+    inst[0, 5:10] = 2  # 5 px
+    inst[0:2, 13:16] = 3  # 6 px
+    out = clean_instances(inst, min_area=5)
+    assert np.array_equal(out[inst == 1], np.zeros(4))
+    assert np.array_equal(out, np.where(inst == 2, 1, np.where(inst == 3, 2, 0)))
+
+    ring = np.zeros((5, 5), np.int32)
+    ring[1:4, 1:4] = 7
+    ring[2, 2] = 0
+    filled = np.zeros((5, 5), np.int32)
+    filled[1:4, 1:4] = 1
+    assert np.array_equal(clean_instances(ring, min_area=9), filled)
+    assert not clean_instances(ring, min_area=9, fill_holes=False).any()
+    # min_area 0 keeps even a single pixel
+    speck = np.zeros((3, 3), np.int32)
+    speck[1, 1] = 4
+    assert np.array_equal(clean_instances(speck, min_area=0), (speck > 0).astype(np.int32))
+
+
+def test_cleanup_renumbers_ids_consecutively_and_leaves_its_input_alone():
+    """Ids 3, 7 and 40 with 7 dropped come out as 1 and 2 on the same (filled) regions, int32;
+    the input array (any integer type) is not modified."""
+    inst = np.zeros((8, 20), np.uint16)
+    inst[1:5, 12:16] = 3
+    inst[6, 0] = 7  # 1 px: dropped
+    inst[1:5, 1:5] = 40
+    inst[2, 2] = 0  # a hole to fill: the copy changes, the input must not
+    before = inst.copy()
+    out = clean_instances(inst, min_area=4)
+    assert out.dtype == np.int32
+    assert np.array_equal(inst, before)
+    assert sorted(np.unique(out).tolist()) == [0, 1, 2]
+    a, b = np.unique(out[1:5, 12:16]), np.unique(out[1:5, 1:5])
+    assert len(a) == len(b) == 1 and {a[0], b[0]} == {1, 2}
+    assert (out > 0).sum() == 32  # nothing but the two 4x4 squares
+    assert not clean_instances(np.zeros((4, 4), np.int32)).any()
+
+
+def test_cleanup_leaves_no_hole_where_a_dropped_speck_was():
+    """A 2x2 speck (id 2) inside a hole of nucleus 1 is dropped by min_area 5; nucleus 1 should
+    then be filled (the module promises filled nuclei), not left with a background hole."""
+    inst = np.zeros((12, 12), np.int32)
+    inst[1:11, 1:11] = 1
+    inst[4:8, 4:8] = 0
+    inst[5:7, 5:7] = 2
+    expected = np.zeros_like(inst)
+    expected[1:11, 1:11] = 1
+    assert np.array_equal(clean_instances(inst, min_area=5), expected)
+
+
+def test_cleanup_keeps_a_nested_nucleus_hole_for_that_nucleus():
+    """Ring 2 lies in the hole of ring 1, and ring 2 has a hole of its own. Filling should give ring
+    2's hole to nucleus 2; nucleus 1 (processed first) takes it, which makes nucleus 1 two
+    disconnected regions."""
+    inst = np.zeros((15, 15), np.int32)
+    inst[1:14, 1:14] = 1
+    inst[3:12, 3:12] = 0
+    inst[4:11, 4:11] = 2
+    inst[6:9, 6:9] = 0
+    out = clean_instances(inst, min_area=0)
+    assert (out[6:9, 6:9] == 2).all()
+    assert ndimage.label(out == 1, structure=np.ones((3, 3)))[1] == 1
+
+
+@pytest.mark.parametrize(
+    "inst, options",
+    [
+        (np.zeros((4, 4, 1), np.int32), {}),  # not 2-D
+        (np.zeros((4, 4), np.float32), {}),  # not integer
+        (np.zeros((4, 4), np.int32), {"min_area": -1}),
+    ],
+)
+def test_cleanup_rejects_bad_input(inst, options):
+    with pytest.raises(ValueError):
+        clean_instances(inst, **options)

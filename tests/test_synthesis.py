@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
+import torch
+from scipy import ndimage
 from tiny_models import TRAINING_NET
 
+import nudiff.diffusion.synthesis as synthesis
 from nudiff.diffusion.synthesis import (
+    CleanupSettings,
     SamplingSettings,
     build_augmented_set,
     sample_images,
@@ -15,6 +21,12 @@ from nudiff.diffusion.synthesis import (
 )
 from nudiff.diffusion.training import train_diffusion_model
 from nudiff.samples import SampleReader, read_sample_table
+from nudiff.structure import (
+    clean_instances,
+    instances_from_structure,
+    nuclei_structure,
+    structure_to_model_range,
+)
 
 TRAINING = {"iterations": 3, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.0, "ema_decay": 0.9, "seed": 0}
 SAMPLING = SamplingSettings(sampler="ddim", steps=5, batch_size=2, seed=7)
@@ -133,6 +145,120 @@ def test_a_killed_sampling_job_resumes_from_its_finished_batches(models, tmp_pat
     sample_structures(models / "structure.pt", tmp_path / "out.npz", resume_file=resume, **kwargs)
     assert calls["n"] == 2  # batches 2 and 3 of 3 (batch size 2); the first was kept
     assert not resume.exists()
+    with np.load(tmp_path / "reference.npz") as a, np.load(tmp_path / "out.npz") as b:
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key
+
+
+# ---------------------------------------------------------------- consistent pairs
+
+
+@pytest.fixture(scope="module")
+def pairs(models, tmp_path_factory):
+    """A structures shard of 4 samples and its pairs, with every condition guided_eps was given."""
+    root = tmp_path_factory.mktemp("pairs")
+    sample_structures(
+        models / "structure.pt", root / "s.npz", n_total=4, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED
+    )
+    conds = []
+    original = synthesis.guided_eps
+
+    def recording(model, x, t, cond, scale):
+        conds.append(cond.detach().clone())
+        return original(model, x, t, cond, scale)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(synthesis, "guided_eps", recording)
+        sample_images(models / "image.pt", root / "s.npz", root / "p.npz", sampling=SAMPLING)
+    with np.load(root / "s.npz") as st, np.load(root / "p.npz") as p:
+        return {k: st[k] for k in st.files}, {k: p[k] for k in p.files}, conds
+
+
+def test_every_label_has_the_structure_its_image_was_conditioned_on(pairs):
+    """In both shards, structures[i] is exactly nuclei_structure(instances[i]) for every sample,
+    and the pairs shard keeps the structures shard's raw and cleaned arrays of the kept samples."""
+    structures_shard, pairs_shard, _ = pairs
+    assert len(pairs_shard["images"]) > 0
+    for shard in (structures_shard, pairs_shard):
+        assert shard["structures"].dtype == np.float32
+        for structure, inst in zip(shard["structures"], shard["instances"]):
+            assert np.array_equal(structure, nuclei_structure(inst).astype(np.float32))
+    kept = structures_shard["n_nuclei"] > 0
+    assert np.array_equal(structures_shard["n_nuclei"], structures_shard["instances"].max(axis=(1, 2)))
+    for key in ("sample_index", "sampled_structures", "instances", "structures"):
+        assert np.array_equal(pairs_shard[key], structures_shard[key][kept]), key
+
+
+def test_images_are_conditioned_on_the_structure_of_their_label(pairs):
+    """guided_eps gets, for the pairs of each batch of 2 in turn, structure_to_model_range of
+    nuclei_structure(instances) channels first; not the raw sampled structure (whose soft
+    semantic channel differs)."""
+    _, pairs_shard, conds = pairs
+    instances = pairs_shard["instances"]
+    expected = [
+        torch.from_numpy(
+            structure_to_model_range(np.stack([nuclei_structure(i) for i in instances[k : k + 2]]).astype(np.float32))
+        ).permute(0, 3, 1, 2)
+        for k in range(0, len(instances), SAMPLING.batch_size)
+    ]
+    seen = []  # the distinct conditions in call order: one per batch
+    for cond in conds:
+        if not seen or not torch.equal(cond, seen[-1]):
+            seen.append(cond)
+    assert len(seen) == len(expected) and len(conds) >= len(expected) * SAMPLING.steps
+    for got, want in zip(seen, expected):
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+    raw = structure_to_model_range(pairs_shard["sampled_structures"][:2])
+    assert not np.allclose(raw, seen[0].permute(0, 2, 3, 1).numpy())
+
+
+def test_labels_are_the_cleaned_watershed_of_the_sampled_structures(pairs):
+    """instances = clean_instances(watershed(sampled_structures)) with the default cleanup: every
+    nucleus has at least min_area pixels, is one 8-connected piece without background holes, and
+    ids run 1..n."""
+    structures_shard, _, _ = pairs
+    cleanup = CleanupSettings()
+    n_checked = 0
+    for raw, inst in zip(structures_shard["sampled_structures"], structures_shard["instances"]):
+        assert np.array_equal(inst, clean_instances(instances_from_structure(raw, **WATERSHED), **asdict(cleanup)))
+        ids = np.unique(inst[inst > 0])
+        assert ids.tolist() == list(range(1, len(ids) + 1))
+        for k in ids:
+            mask = inst == k
+            assert mask.sum() >= cleanup.min_area
+            assert ndimage.label(mask, structure=np.ones((3, 3)))[1] == 1
+            assert not (ndimage.binary_fill_holes(mask) & (inst == 0)).any()
+            n_checked += 1
+    assert n_checked > 0
+
+
+def test_a_resume_file_of_other_cleanup_settings_is_ignored(models, tmp_path, monkeypatch):
+    """A job killed after its first batch under the default cleanup, rerun with another cleanup,
+    samples all 3 batches again and writes what a fresh run with that cleanup writes."""
+    other = CleanupSettings(min_area=0, fill_holes=False, largest_fragment=False)
+    kwargs = dict(n_total=5, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED)
+    sample_structures(models / "structure.pt", tmp_path / "reference.npz", cleanup=other, **kwargs)
+
+    original, calls = synthesis.sample, {"n": 0}
+
+    def dies_on_second_batch(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kw)
+
+    monkeypatch.setattr(synthesis, "sample", dies_on_second_batch)
+    resume = tmp_path / "resume.npz"
+    with pytest.raises(KeyboardInterrupt):
+        sample_structures(models / "structure.pt", tmp_path / "out.npz", resume_file=resume, **kwargs)
+    with np.load(resume) as saved, np.load(tmp_path / "reference.npz") as reference:
+        # the finished batch of the default cleanup is not what the other cleanup gives
+        assert not np.array_equal(saved["0/instances"], reference["instances"][:2])
+    calls["n"] = 0
+    counting = lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), original(*a, **k))[1]  # noqa: E731
+    monkeypatch.setattr(synthesis, "sample", counting)
+    sample_structures(models / "structure.pt", tmp_path / "out.npz", resume_file=resume, cleanup=other, **kwargs)
+    assert calls["n"] == 3
     with np.load(tmp_path / "reference.npz") as a, np.load(tmp_path / "out.npz") as b:
         for key in a.files:
             assert np.array_equal(a[key], b[key]), key

@@ -10,6 +10,7 @@ sample_images(
     snakemake.input.structures,
     snakemake.output[0],
     sampling=sampling_settings(snakemake.params.sampling),
+    selection=snakemake.input.selection,
     device=resolve_device(snakemake.params.device),
     resume_file=snakemake.params.resume_file,
 )

@@ -6,12 +6,13 @@ from nudiff.config import resolve_device
 from nudiff.diffusion.synthesis import CleanupSettings, sample_structures, sampling_settings
 
 sample_structures(
-    snakemake.input[0],
+    snakemake.input.model,
     snakemake.output[0],
     n_total=snakemake.params.n_total,
     n_shards=snakemake.params.n_shards,
     shard=int(snakemake.wildcards.shard),
     sampling=sampling_settings(snakemake.params.sampling),
+    selection=snakemake.input.selection,
     watershed=snakemake.params.watershed,
     cleanup=CleanupSettings(**snakemake.params.cleanup),
     device=resolve_device(snakemake.params.device),

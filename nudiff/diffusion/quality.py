@@ -214,7 +214,7 @@ def read_shards(paths: Sequence[PathLike], keys: tuple[str, ...], argument: str)
     return {key: np.concatenate(arrays) for key, arrays in parts.items()}
 
 
-def _real_pairs(labelled_csv: PathLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def real_pairs(labelled_csv: PathLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
     table = read_sample_table(labelled_csv)
     table = table[table["origin"] == "real"]
     if table.empty:
@@ -286,7 +286,7 @@ def assess_synthetic_pairs(
         raise InputDataError(
             f"pair_shards hold no synthetic pair (every sampled structure was empty?): {list(map(str, pair_shards))}"
         )
-    real_rgb, real_inst = _real_pairs(labelled_csv)
+    real_rgb, real_inst = real_pairs(labelled_csv)
     _check_same_size(real_inst, shards["instances"], "synthetic pairs")
     real_tables = instance_statistics(real_inst)
     synthetic_tables = {set_name: instance_statistics(shards["instances"])}
@@ -352,7 +352,7 @@ def compare_samplers(
         if len(shards["instances"]) == 0:
             raise InputDataError(f"structure_shards[{name!r}] hold no structure: {list(map(str, paths))}")
         instances[name] = shards["instances"]
-    _, real_inst = _real_pairs(labelled_csv)
+    _, real_inst = real_pairs(labelled_csv)
     for name, maps in instances.items():
         _check_same_size(real_inst, maps, f"structures of {name!r}")
     real_tables = instance_statistics(real_inst)

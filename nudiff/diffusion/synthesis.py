@@ -42,6 +42,7 @@ import torch
 from nudiff.diffusion.guidance import guided_eps
 from nudiff.diffusion.samplers import SamplerName, sample
 from nudiff.diffusion.training import image_from_model_range, load_diffusion_model
+from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
 from nudiff.samples import (
@@ -60,7 +61,9 @@ from nudiff.structure import (
 
 logger = logging.getLogger(__name__)
 
-STREAMS = {"structure": 0, "image": 1}
+# Independent noise streams: the synthetic pairs, and the extra samples that choose weights
+# and sweep guidance (so those never reuse a pair's noise).
+STREAMS = {"structure": 0, "image": 1, "select_structure": 2, "select_image": 3, "sweep_image": 4}
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,17 @@ class CleanupSettings:
 def sampling_settings(values: dict[str, Any]) -> SamplingSettings:
     """Settings from the config's ``diffusion.sampling`` (the shard count is the workflow's)."""
     return SamplingSettings(**{k: v for k, v in values.items() if k != "shards"})
+
+
+def chosen_weights(selection: str | Path | None) -> dict[str, Any]:
+    """``weights`` and ``step`` for :func:`load_diffusion_model` from a selection JSON (None: final EMA)."""
+    if selection is None:
+        return {"weights": "ema", "step": None}
+    try:
+        chosen = json.loads(Path(selection).read_text())["chosen"]
+        return {"weights": str(chosen["weights"]), "step": None if chosen["step"] is None else int(chosen["step"])}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputDataError(f"cannot read the chosen weights from {selection}: {err}") from err
 
 
 def _network_precision(device: str, sampling: SamplingSettings):
@@ -171,6 +185,86 @@ def _progress_logger(what: str, every_seconds: float = 30.0):
     return report
 
 
+def structure_batch(
+    model: torch.nn.Module,
+    schedule,
+    size: int,
+    indices: np.ndarray,
+    sampling: SamplingSettings,
+    *,
+    watershed: dict[str, Any],
+    cleanup: CleanupSettings,
+    device: str,
+    stream: str = "structure",
+) -> dict[str, np.ndarray]:
+    """Sample one batch of structures (sample ``i`` from its own generator) and make labels of them.
+
+    Returns ``sampled_structures`` (as sampled, semantic in [0, 1]), ``instances`` (watershed,
+    then :func:`clean_instances`) and ``structures`` (:func:`label_structure` of each label).
+    """
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _network_precision(device, sampling):
+            return model(x, t).float()
+
+    result = sample(
+        eps,
+        (len(indices), 3, size, size),
+        schedule,
+        sampler=sampling.sampler,
+        steps=sampling.steps,
+        variance=sampling.variance,
+        clip_denoised=sampling.clip_denoised,
+        device=device,
+        generators=[sample_generator(sampling.seed, stream, i) for i in indices],
+        progress=_progress_logger(f"structures {indices[0]}..{indices[-1]}"),
+    )
+    sampled = [structure_from_model_range(x) for x in result.x0.float().cpu().permute(0, 2, 3, 1).numpy()]
+    instances = [clean_instances(instances_from_structure(st, **watershed), **asdict(cleanup)) for st in sampled]
+    return {
+        "sampled_structures": np.stack(sampled).astype(np.float32),
+        "instances": np.stack(instances).astype(np.int32),
+        "structures": np.stack([label_structure(inst) for inst in instances]),
+    }
+
+
+def image_batch(
+    model: torch.nn.Module,
+    schedule,
+    instances: np.ndarray,
+    indices: np.ndarray,
+    sampling: SamplingSettings,
+    *,
+    device: str,
+    stream: str = "image",
+) -> np.ndarray:
+    """Sample one image per instance map, conditioned on the map's own structure, with guidance.
+
+    Returns ``(n, S, S, 3)`` uint8 images; sample ``indices[k]`` draws from its own generator.
+    """
+    size = instances.shape[-1]
+    structures = np.stack([label_structure(inst) for inst in instances])
+    cond = torch.from_numpy(structure_to_model_range(structures)).permute(0, 3, 1, 2).to(device)
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _network_precision(device, sampling):
+            return guided_eps(model, x, t, cond, sampling.guidance_scale).float()
+
+    result = sample(
+        eps,
+        (len(indices), 3, size, size),
+        schedule,
+        sampler=sampling.sampler,
+        steps=sampling.steps,
+        variance=sampling.variance,
+        clip_denoised=sampling.clip_denoised,
+        device=device,
+        generators=[sample_generator(sampling.seed, stream, i) for i in indices],
+        progress=_progress_logger(f"images {indices[0]}..{indices[-1]}"),
+    )
+    return image_from_model_range(result.x0.float().cpu().permute(0, 2, 3, 1).numpy())
+
+
 def sample_structures(
     model_path: str | Path,
     out_npz: str | Path,
@@ -181,6 +275,7 @@ def sample_structures(
     sampling: SamplingSettings,
     watershed: dict[str, Any],
     cleanup: CleanupSettings | None = None,
+    selection: str | Path | None = None,
     device: str = "cpu",
     resume_file: str | Path | None = None,
 ) -> int:
@@ -190,39 +285,24 @@ def sample_structures(
     (``cleanup``; default :class:`CleanupSettings`), and the structure of the cleaned map is
     stored beside the sampled one: it is what the image will be conditioned on.
 
-    ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
-    Returns the number of structures with at least one nucleus.
+    ``selection`` is the JSON of :func:`nudiff.diffusion.selection.select_weights` naming the
+    weights to sample (None: the final EMA weights). ``resume_file`` keeps finished batches
+    across a kill (see :func:`_run_batches`). Returns the number of structures with at least
+    one nucleus.
     """
     cleanup = cleanup or CleanupSettings()
-    model, schedule, saved = load_diffusion_model(model_path, device=device, expect="structure")
+    chosen = chosen_weights(selection)
+    model, schedule, saved = load_diffusion_model(model_path, device=device, expect="structure", **chosen)
     size = int(saved["patch_size"])
     indices = shard_indices(n_total, n_shards, shard)
     t0 = time.monotonic()
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with _network_precision(device, sampling):
-            return model(x, t).float()
-
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
-        result = sample(
-            eps,
-            (len(batch), 3, size, size),
-            schedule,
-            sampler=sampling.sampler,
-            steps=sampling.steps,
-            variance=sampling.variance,
-            clip_denoised=sampling.clip_denoised,
-            device=device,
-            generators=[sample_generator(sampling.seed, "structure", i) for i in batch],
-            progress=_progress_logger(f"structures {batch[0]}..{batch[-1]}"),
-        )
-        sampled = [structure_from_model_range(x) for x in result.x0.float().cpu().permute(0, 2, 3, 1).numpy()]
-        instances = [clean_instances(instances_from_structure(st, **watershed), **asdict(cleanup)) for st in sampled]
         return {
             "sample_index": batch,
-            "sampled_structures": np.stack(sampled).astype(np.float32),
-            "instances": np.stack(instances).astype(np.int32),
-            "structures": np.stack([label_structure(inst) for inst in instances]),
+            **structure_batch(
+                model, schedule, size, batch, sampling, watershed=watershed, cleanup=cleanup, device=device
+            ),
         }
 
     fingerprint = {
@@ -230,6 +310,7 @@ def sample_structures(
         "sampling": asdict(sampling),
         "watershed": watershed,
         "cleanup": asdict(cleanup),
+        "weights": chosen,
         "indices": indices.tolist(),
     }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
@@ -265,6 +346,7 @@ def sample_images(
     out_npz: str | Path,
     *,
     sampling: SamplingSettings,
+    selection: str | Path | None = None,
     device: str = "cpu",
     resume_file: str | Path | None = None,
 ) -> int:
@@ -277,7 +359,8 @@ def sample_images(
     ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
     Returns the number of pairs written.
     """
-    model, schedule, saved = load_diffusion_model(model_path, device=device, expect="image")
+    chosen = chosen_weights(selection)
+    model, schedule, saved = load_diffusion_model(model_path, device=device, expect="image", **chosen)
     with np.load(structures_npz) as shard:
         keep = shard["n_nuclei"] > 0
         indices = shard["sample_index"][keep]
@@ -292,30 +375,13 @@ def sample_images(
     size = int(saved["patch_size"])
 
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
-        cond = torch.from_numpy(structure_to_model_range(structures[start : start + len(batch)]))
-        cond = cond.permute(0, 3, 1, 2).to(device)
-        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with _network_precision(device, sampling):
-                return guided_eps(model, x, t, cond, sampling.guidance_scale).float()
-
-        result = sample(
-            eps,
-            (len(batch), 3, size, size),
-            schedule,
-            sampler=sampling.sampler,
-            steps=sampling.steps,
-            variance=sampling.variance,
-            clip_denoised=sampling.clip_denoised,
-            device=device,
-            generators=[sample_generator(sampling.seed, "image", i) for i in batch],
-            progress=_progress_logger(f"images {batch[0]}..{batch[-1]}"),
-        )
-        images = image_from_model_range(result.x0.float().cpu().permute(0, 2, 3, 1).numpy())
+        images = image_batch(model, schedule, instances[start : start + len(batch)], batch, sampling, device=device)
         return {"sample_index": batch, "images": images}
 
     fingerprint = {
         "model": file_sha256(model_path),
         "sampling": asdict(sampling),
+        "weights": chosen,
         "structures": file_sha256(structures_npz),
     }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)

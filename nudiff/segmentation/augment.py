@@ -53,9 +53,7 @@ def _rand(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * torch.rand((), generator=generator).item()
 
 
-def random_affine(
-    rgb: np.ndarray, inst: np.ndarray, generator: torch.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def random_affine(rgb: np.ndarray, inst: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
     """HoVer-Net's affine warp of an (image, instance map) pair about the patch centre.
 
     The image is interpolated bilinearly, the map by nearest neighbour (ids stay ids);

@@ -248,7 +248,7 @@ def train_segmenter(
     reader = SampleReader(table)
     rgb, inst = reader.load_all(train_rows)
     size = rgb.shape[1]
-    synthetic = (table["origin"].to_numpy()[train_rows] == "synthetic")
+    synthetic = table["origin"].to_numpy()[train_rows] == "synthetic"
     real_idx, synthetic_idx = np.flatnonzero(~synthetic), np.flatnonzero(synthetic)
     if cfg.mixing == "paired" and len(real_idx) == 0:
         raise InputDataError(f"{samples_csv}: training.mixing 'paired' needs real samples, there are none")

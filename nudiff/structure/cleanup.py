@@ -20,13 +20,15 @@ def clean_instances(
     fill_holes: bool = True,
     largest_fragment: bool = True,
 ) -> np.ndarray:
-    """A cleaned copy of an instance map, ids renumbered 1..n in order of first appearance.
+    """A cleaned copy of an instance map, ids renumbered 1..n in increasing order of the old ids.
 
-    Each nucleus in turn (in id order):
-
-    * ``largest_fragment``: only its largest 8-connected piece is kept (a nucleus is one region);
-    * ``fill_holes``: holes inside it are filled, but never over another nucleus;
-    * ``min_area``: it is dropped if it then has fewer pixels.
+    * ``largest_fragment``: only the largest 8-connected piece of each nucleus is kept
+      (a nucleus is one region);
+    * ``min_area``: a nucleus is dropped if it has fewer pixels, counting its holes when
+      ``fill_holes`` (a ring is as big as the disc it outlines);
+    * ``fill_holes``: the holes of the nuclei kept are filled, over background only (a
+      dropped speck inside a nucleus counts as background). When one nucleus lies in the
+      hole of another, the inner one keeps its own hole.
 
     Args:
         inst: ``(H, W)`` integer instance map, 0 = background.
@@ -41,25 +43,29 @@ def clean_instances(
         raise ValueError(f"inst must be a 2-D integer array, got {inst.shape} {inst.dtype}")
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area}")
-    out = np.zeros(inst.shape, dtype=np.int32)
     eight = np.ones((3, 3), dtype=bool)
-    next_id = 1
-    for obj, region in zip(range(1, len(slices := ndimage.find_objects(inst)) + 1), slices):
+    kept = []  # (old id, window, own pixels, pixels with holes filled) of each nucleus kept
+    for obj, region in enumerate(ndimage.find_objects(inst), start=1):
         if region is None:
             continue
         # one pixel of margin so holes touching the bounding box are still holes
-        padded = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in region)
-        mask = inst[padded] == obj
+        window = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in region)
+        mask = inst[window] == obj
         if largest_fragment:
             labels, n = ndimage.label(mask, structure=eight)
             if n > 1:
-                sizes = np.bincount(labels.ravel())[1:]
-                mask = labels == 1 + int(np.argmax(sizes))
-        if fill_holes:
-            mask = ndimage.binary_fill_holes(mask) & ((inst[padded] == obj) | (inst[padded] == 0))
-        if mask.sum() < max(min_area, 1):
-            continue
-        target = out[padded]
-        target[mask & (target == 0)] = next_id
-        next_id += 1
+                mask = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+        filled = ndimage.binary_fill_holes(mask) if fill_holes else mask
+        if filled.sum() >= max(min_area, 1):
+            kept.append((obj, window, mask, filled))
+    out = np.zeros(inst.shape, dtype=np.int32)
+    new_id = {obj: k for k, (obj, *_) in enumerate(kept, start=1)}
+    for obj, window, mask, _ in kept:
+        out[window][mask] = new_id[obj]
+    if fill_holes:
+        background = out == 0
+        # outer nuclei first, so a nucleus lying in another's hole paints its own hole last
+        for obj, window, mask, filled in sorted(kept, key=lambda item: -int(item[3].sum())):
+            holes = filled & ~mask & background[window]
+            out[window][holes] = new_id[obj]
     return out
