@@ -421,6 +421,35 @@ def write_table(
         tmp.write_text(page, encoding="utf-8")
 
 
+SEED_SUMMARY_COLUMNS = (
+    *GROUP,
+    "n_seeds",
+    "dice_mean",
+    "dice_std",
+    "aji_mean",
+    "aji_std",
+    "n_paired_seeds",
+    "dice_paired_gain_mean",
+    "dice_paired_gain_std",
+    "aji_paired_gain_mean",
+    "aji_paired_gain_std",
+)
+
+
+def seed_summary(metrics_csv: str | os.PathLike, out_csv: str | os.PathLike) -> pd.DataFrame:
+    """Rule ``summarize_metrics``' summary: one ``metrics.csv`` over seeds, without paper numbers.
+
+    One row per (dataset, model, subset, trainset): mean and sample std over seeds of Dice and
+    AJI, and on augmented rows the paired gain (augmented - labelled of the same seed) with its
+    mean and std. Columns :data:`SEED_SUMMARY_COLUMNS`.
+    """
+    datasets = _read_metrics(Path(metrics_csv))["dataset"].unique()
+    table = build_table([metrics_csv], paper_datasets={d: None for d in datasets})[list(SEED_SUMMARY_COLUMNS)]
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return table
+
+
 def make_table(
     metrics_csvs: Sequence[str | os.PathLike],
     paper_datasets: Mapping[str, str | None],

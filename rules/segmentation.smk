@@ -91,6 +91,12 @@ rule summarize_metrics:
             subcategory="{dataset} {pct}%",
         ),
         per_image="results/{dataset}/{pct}pct/metrics_per_image.csv",
+        over_seeds=report(
+            "results/{dataset}/{pct}pct/metrics_over_seeds.csv",
+            caption="../config/report/metrics_over_seeds.rst",
+            category="Segmentation",
+            subcategory="{dataset} {pct}%",
+        ),
     log:
         "logs/{dataset}/{pct}pct/summarize_metrics.log",
     group:

@@ -343,3 +343,30 @@ def test_respaced_ddpm_brackets_and_converges_to_the_data_spread():
 
     assert spread(100, "posterior") < s < spread(100, "beta")
     assert spread(500, "posterior") == pytest.approx(s, rel=0.03)
+
+
+def test_min_snr_weighting_weighs_each_sample_by_min_snr_gamma_over_snr():
+    """With a network that predicts 0, each sample's squared error is mean(eps^2); Min-SNR
+    weights it by min(SNR_t, gamma) / SNR_t, SNR_t = abar_t / (1 - abar_t). The draws of t and
+    eps are replayed from the same seed, so the expected value is computed by hand."""
+    schedule = linear_schedule(1000, 1e-4, 0.02)
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, cond=None):
+            return torch.zeros_like(x)
+
+    x0 = torch.randn(16, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    plain = l_simple(Zero(), x0, schedule, generator=torch.Generator().manual_seed(0))
+    weighted = l_simple(Zero(), x0, schedule, generator=torch.Generator().manual_seed(0), min_snr_gamma=5.0)
+    replay = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 1000, (16,), generator=replay)
+    eps = torch.randn(x0.shape, generator=replay)
+    abar = schedule.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    weight = torch.minimum(snr, torch.tensor(5.0, dtype=snr.dtype)) / snr
+    per_sample = eps.pow(2).flatten(1).mean(1)
+    assert plain.item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+    assert weighted.item() == pytest.approx((weight * per_sample.double()).mean().item(), rel=1e-5)
+    assert (weight <= 1).all() and (weight[snr < 5] == 1).all() and (weight < 1).any()
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        l_simple(Zero(), x0, schedule, generator=torch.Generator().manual_seed(0), min_snr_gamma=0.0)

@@ -40,6 +40,7 @@ def l_simple(
     generator: torch.Generator,
     cond: torch.Tensor | None = None,
     drop_rate: float = 0.0,
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """L_simple = mean || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t, cond) ||^2.
 
@@ -56,6 +57,10 @@ def l_simple(
         cond: structure condition ``(B, K, H, W)`` or None for an unconditional model.
         drop_rate: probability of replacing a sample's condition by
             ``model.null_condition`` (paper: 0 first, 0.2 when fine-tuning).
+        min_snr_gamma: if set, Min-SNR-gamma weighting (Hang et al., ICCV 2023): each
+            sample's squared error is weighted by min(SNR_t, gamma) / SNR_t with
+            SNR_t = abar_t / (1 - abar_t), so the nearly clean steps, whose gradients
+            conflict with the rest, weigh less (the paper's loss: None).
     Returns:
         The scalar loss (mean over all elements, as Ho et al. do).
     """
@@ -71,4 +76,13 @@ def l_simple(
     if cond is not None:
         cond = drop_conditions(model, cond, drop_rate, generator=generator)
     x_t = schedule.q_sample(x0, t, eps)
-    return F.mse_loss(model(x_t, t, cond), eps)
+    prediction = model(x_t, t, cond)
+    if min_snr_gamma is None:
+        return F.mse_loss(prediction, eps)
+    if not min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+    abar = schedule.alphas_cumprod.to(x0.device)[t]
+    snr = abar / (1.0 - abar)
+    weight = (snr.clamp(max=min_snr_gamma) / snr).to(prediction.dtype)
+    per_sample = (prediction.float() - eps.float()).pow(2).flatten(1).mean(dim=1)
+    return (weight * per_sample).mean()

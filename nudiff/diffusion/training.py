@@ -77,6 +77,7 @@ class DiffusionTraining:
     seed: int = 0
     gradient_checkpointing: bool = False
     cpu_bf16: bool = False
+    min_snr_gamma: float | None = None
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -267,7 +268,9 @@ def train_diffusion_model(
     def step(model: UNet, generator: torch.Generator) -> torch.Tensor:
         images, structures = examples.draw(train_cfg.batch_size, generator)
         if kind == "structure":
-            return l_simple(model, structures.to(device), noise_schedule, generator=generator)
+            return l_simple(
+                model, structures.to(device), noise_schedule, generator=generator, min_snr_gamma=train_cfg.min_snr_gamma
+            )
         return l_simple(
             model,
             images.to(device),
@@ -275,6 +278,7 @@ def train_diffusion_model(
             generator=generator,
             cond=structures.to(device),
             drop_rate=train_cfg.drop_rate,
+            min_snr_gamma=train_cfg.min_snr_gamma,
         )
 
     # Gradient checkpointing changes memory, not weights: a run killed for memory may be
