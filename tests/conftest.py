@@ -12,6 +12,12 @@ from nudiff.patches import build_patch_index
 from nudiff.samples import real_samples, write_sample_table
 
 
+def pytest_configure(config):
+    # Module- and session-scoped fixtures (tiny trained models) run before the per-test
+    # fixture below: one thread for them too, or they oversubscribe the 2 cores.
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tests run side by side (pytest -n 2) on 2 cores: one thread each avoids oversubscription."""

@@ -58,7 +58,7 @@ def guidance_sweep(
     Returns (and writes) one row per scale and set (synthetic pairs, chance) plus one row of
     the real test images, with ``n`` and the mean of each score.
     """
-    if not scales or any(w < 0 for w in scales):
+    if not scales or any(not w >= 0 or not np.isfinite(w) for w in scales):
         raise ValueError(f"scales must be a non-empty list of numbers >= 0, got {list(scales)}")
     maps = read_shards(pair_shards, ("instances",), "pair_shards")["instances"][:n]
     if len(maps) < 2:

@@ -117,11 +117,15 @@ def select_structure_weights(
 ) -> Candidate:
     """Rule ``select_structure_weights``: score every candidate by its nuclei statistics.
 
+    Raises ValueError for ``n < 1``.
+
     Each candidate samples the same ``n`` noise seeds (stream ``select_structure``), so the
     candidates differ only by their weights. Writes one row per candidate (``candidate``,
     ``weights``, ``step``, each statistic's W1 / real std, ``score``, ``n_nuclei``) and the
     JSON of the chosen one (lowest score).
     """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     _, real_maps = real_pairs(labelled_csv)
     rows = []
     for candidate in weight_candidates(model_path):
@@ -170,6 +174,8 @@ def select_structure_weights(
 
 def conditioning_maps(labelled_csv: PathLike, n: int) -> list[np.ndarray]:
     """``n`` real label maps of the labelled subset, evenly spaced over its rows (those with nuclei)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
     _, real_maps = real_pairs(labelled_csv)
     with_nuclei = [m for m in real_maps if m.max() > 0]
     if not with_nuclei:

@@ -106,6 +106,8 @@ def chosen_weights(selection: str | Path | None) -> dict[str, Any]:
         return {"weights": "ema", "step": None}
     try:
         chosen = json.loads(Path(selection).read_text())["chosen"]
+        if chosen["weights"] not in ("ema", "model"):
+            raise ValueError(f"weights {chosen['weights']!r} is neither 'ema' nor 'model'")
         return {"weights": str(chosen["weights"]), "step": None if chosen["step"] is None else int(chosen["step"])}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputDataError(f"cannot read the chosen weights from {selection}: {err}") from err
@@ -285,7 +287,7 @@ def sample_structures(
     (``cleanup``; default :class:`CleanupSettings`), and the structure of the cleaned map is
     stored beside the sampled one: it is what the image will be conditioned on.
 
-    ``selection`` is the JSON of :func:`nudiff.diffusion.selection.select_weights` naming the
+    ``selection`` is the JSON of :func:`nudiff.diffusion.selection.select_structure_weights` naming the
     weights to sample (None: the final EMA weights). ``resume_file`` keeps finished batches
     across a kill (see :func:`_run_batches`). Returns the number of structures with at least
     one nucleus.

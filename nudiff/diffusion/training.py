@@ -192,6 +192,8 @@ def load_diffusion_model(
     ``weights`` picks EMA or raw weights; ``step`` picks a snapshot kept during training
     (None: the final weights).
     """
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     state = load_state(path)
     if expect is not None and state.get("kind") != expect:
         raise InputDataError(f"{path} holds a {state.get('kind')!r} model, expected {expect!r}")
