@@ -159,24 +159,25 @@ def grown(px: int) -> list[np.ndarray]:
 
 
 def test_structures_like_the_real_ones_score_zero_and_bigger_nuclei_score_worse():
-    """The real maps themselves: every W1 is 0. Nuclei grown by 4 px are further from the real
+    """The real maps themselves: every W1 and KS distance is 0. Nuclei grown by 4 px are further from the real
     sizes than nuclei grown by 1 px: larger area and area-fraction distances, larger score.
     The counts per patch are unchanged, so that distance stays 0."""
     real = grown(0)
     same = structure_score(real, grown(0))
+    statistics = ["nuclei_per_patch", "foreground_fraction", "area", "eccentricity", "solidity"]
     assert same == {
-        "w1_nuclei_per_patch": 0.0,
-        "w1_foreground_fraction": 0.0,
-        "w1_area": 0.0,
-        "w1_eccentricity": 0.0,
-        "w1_solidity": 0.0,
+        **{f"w1_{k}": 0.0 for k in statistics},
+        **{f"ks_{k}": 0.0 for k in statistics},
         "score": 0.0,
     }
     close, far = structure_score(real, grown(1)), structure_score(real, grown(4))
     assert close["w1_nuclei_per_patch"] == far["w1_nuclei_per_patch"] == 0.0
+    assert close["ks_nuclei_per_patch"] == far["ks_nuclei_per_patch"] == 0.0
     assert 0 < close["w1_area"] < far["w1_area"]
     assert 0 < close["w1_foreground_fraction"] < far["w1_foreground_fraction"]
-    assert 0 < close["score"] < far["score"]
+    # KS is bounded: it may saturate, but never ranks the farther sizes as closer
+    assert 0 < close["ks_area"] <= far["ks_area"] <= 1
+    assert 0 < close["score"] <= far["score"]
 
 
 def test_structure_score_is_the_mean_of_the_scaled_distances_by_hand():
@@ -185,8 +186,10 @@ def test_structure_score_is_the_mean_of_the_scaled_distances_by_hand():
     real = grown(0)
     scores = structure_score(real, [real[2]] * 3)
     assert scores["w1_nuclei_per_patch"] == pytest.approx(1.0)
-    distances = [v for k, v in scores.items() if k != "score"]
+    distances = [v for k, v in scores.items() if k.startswith("ks_")]
     assert len(distances) == 5 and scores["score"] == pytest.approx(np.mean(distances))
+    # nuclei per patch: real 2, 1, 3 against 3, 3, 3: the empirical CDFs differ by 2/3 at 2
+    assert scores["ks_nuclei_per_patch"] == pytest.approx(2 / 3)
 
 
 def test_structures_without_a_whole_nucleus_score_nan():
