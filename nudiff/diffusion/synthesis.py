@@ -187,6 +187,39 @@ def _progress_logger(what: str, every_seconds: float = 30.0):
     return report
 
 
+def _reverse_process(
+    network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    schedule,
+    size: int,
+    indices: np.ndarray,
+    sampling: SamplingSettings,
+    *,
+    device: str,
+    stream: str,
+    what: str,
+) -> np.ndarray:
+    """Run ``sampling``'s reverse process for samples ``indices`` (each from its own generator
+    of ``stream``); returns the clean samples ``(n, S, S, 3)`` float32, channels last."""
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with _network_precision(device, sampling):
+            return network(x, t).float()
+
+    result = sample(
+        eps,
+        (len(indices), 3, size, size),
+        schedule,
+        sampler=sampling.sampler,
+        steps=sampling.steps,
+        variance=sampling.variance,
+        clip_denoised=sampling.clip_denoised,
+        device=device,
+        generators=[sample_generator(sampling.seed, stream, i) for i in indices],
+        progress=_progress_logger(f"{what} {indices[0]}..{indices[-1]}"),
+    )
+    return result.x0.float().cpu().permute(0, 2, 3, 1).numpy()
+
+
 def structure_batch(
     model: torch.nn.Module,
     schedule,
@@ -205,23 +238,10 @@ def structure_batch(
     then :func:`clean_instances`) and ``structures`` (:func:`label_structure` of each label).
     """
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with _network_precision(device, sampling):
-            return model(x, t).float()
-
-    result = sample(
-        eps,
-        (len(indices), 3, size, size),
-        schedule,
-        sampler=sampling.sampler,
-        steps=sampling.steps,
-        variance=sampling.variance,
-        clip_denoised=sampling.clip_denoised,
-        device=device,
-        generators=[sample_generator(sampling.seed, stream, i) for i in indices],
-        progress=_progress_logger(f"structures {indices[0]}..{indices[-1]}"),
+    x0 = _reverse_process(
+        lambda x, t: model(x, t), schedule, size, indices, sampling, device=device, stream=stream, what="structures"
     )
-    sampled = [structure_from_model_range(x) for x in result.x0.float().cpu().permute(0, 2, 3, 1).numpy()]
+    sampled = [structure_from_model_range(x) for x in x0]
     instances = [clean_instances(instances_from_structure(st, **watershed), **asdict(cleanup)) for st in sampled]
     return {
         "sampled_structures": np.stack(sampled).astype(np.float32),
@@ -248,23 +268,17 @@ def image_batch(
     structures = np.stack([label_structure(inst) for inst in instances])
     cond = torch.from_numpy(structure_to_model_range(structures)).permute(0, 3, 1, 2).to(device)
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with _network_precision(device, sampling):
-            return guided_eps(model, x, t, cond, sampling.guidance_scale).float()
-
-    result = sample(
-        eps,
-        (len(indices), 3, size, size),
+    x0 = _reverse_process(
+        lambda x, t: guided_eps(model, x, t, cond, sampling.guidance_scale),
         schedule,
-        sampler=sampling.sampler,
-        steps=sampling.steps,
-        variance=sampling.variance,
-        clip_denoised=sampling.clip_denoised,
+        size,
+        indices,
+        sampling,
         device=device,
-        generators=[sample_generator(sampling.seed, stream, i) for i in indices],
-        progress=_progress_logger(f"images {indices[0]}..{indices[-1]}"),
+        stream=stream,
+        what="images",
     )
-    return image_from_model_range(result.x0.float().cpu().permute(0, 2, 3, 1).numpy())
+    return image_from_model_range(x0)
 
 
 def sample_structures(
