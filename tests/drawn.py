@@ -22,3 +22,16 @@ def painted(inst: np.ndarray) -> np.ndarray:
     rgb[:] = PINK
     rgb[inst > 0] = PURPLE
     return rgb
+
+
+def write_pairs(path, maps) -> str:
+    """A pairs shard of painted maps (the format of synthesis.sample_images)."""
+    maps = np.stack(maps)
+    np.savez_compressed(
+        path,
+        sample_index=np.arange(len(maps)),
+        structures=np.zeros(maps.shape + (3,), np.float32),
+        instances=maps,
+        images=np.stack([painted(m) for m in maps]),
+    )
+    return str(path)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from drawn import discs, painted
+from drawn import discs, painted, write_pairs
 from skimage.measure import label
 from tiny_models import TRAINING_NET, train_tiny_segmenter
 
@@ -27,39 +25,25 @@ SAMPLING = SamplingSettings(sampler="ddim", steps=5, batch_size=2, seed=7)
 MAPS = [discs([(8, 8), (8, 24)], 5, 32), discs([(24, 8)], 5, 32), discs([(24, 24), (16, 16)], 3, 32)]
 
 
-@contextmanager
-def one_thread():
-    """Module fixtures run before conftest's per-test one_torch_thread: without this, training
-    on 2 busy cores with 2 threads is ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def image_model(tmp_path_factory, tiny_labelled_csv):
     """A tiny image model of 4 steps with snapshots at steps 2 and 4."""
     root = tmp_path_factory.mktemp("sweep_model")
-    with one_thread():
-        train_diffusion_model(
-            "image",
-            tiny_labelled_csv,
-            root / "image.pt",
-            network=TRAINING_NET,
-            training={**TRAINING, "snapshot_every": 2},
-            schedule={"timesteps": 20},
-            checkpoint_dir=root / "ckpt",
-        )
+    train_diffusion_model(
+        "image",
+        tiny_labelled_csv,
+        root / "image.pt",
+        network=TRAINING_NET,
+        training={**TRAINING, "snapshot_every": 2},
+        schedule={"timesteps": 20},
+        checkpoint_dir=root / "ckpt",
+    )
     return root / "image.pt"
 
 
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory, tiny_prepared):
-    with one_thread():
-        return train_tiny_segmenter(tiny_prepared, tmp_path_factory.mktemp("sweep_segmenter"))
+    return train_tiny_segmenter(tiny_prepared, tmp_path_factory.mktemp("sweep_segmenter"))
 
 
 @pytest.fixture
@@ -67,19 +51,6 @@ def reference_csv(tmp_path):
     path = tmp_path / "scores.csv"
     pd.DataFrame({"name": ["a", "b"], "dice": [0.8, 0.6], "aji": [0.5, 0.3], "pq": [0.4, 0.2]}).to_csv(path)
     return path
-
-
-def write_pairs(path, maps) -> str:
-    """A pairs shard of painted maps (the format of synthesis.sample_images)."""
-    maps = np.stack(maps)
-    np.savez_compressed(
-        path,
-        sample_index=np.arange(len(maps)),
-        structures=np.zeros(maps.shape + (3,), np.float32),
-        instances=maps,
-        images=np.stack([painted(m) for m in maps]),
-    )
-    return str(path)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from drawn import discs, painted
+from drawn import discs, write_pairs
 from skimage.measure import label
 from tiny_models import train_tiny_segmenter
 
@@ -14,19 +14,6 @@ from nudiff.datasets.prepare import prepare_dataset
 from nudiff.datasets.sources import list_source_items
 from nudiff.diffusion import segmenter_agreement as agreement
 from nudiff.errors import InputDataError
-
-
-def write_pairs(path, maps) -> str:
-    maps = np.stack(maps)
-    np.savez_compressed(
-        path,
-        sample_index=np.arange(len(maps)),
-        structures=np.zeros(maps.shape + (3,), np.float32),
-        instances=maps,
-        images=np.stack([painted(m) for m in maps]),
-    )
-    return str(path)
-
 
 # three pairs whose nuclei never overlap another pair's: image i against map i-1 shares no pixel
 MAPS = [discs([(8, 8), (8, 24)], 5, 32), discs([(24, 8)], 5, 32), discs([(24, 24), (16, 16)], 3, 32)]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from tiny_models import TRAINING_NET, train_tiny_segmenter
 
 import nudiff.diffusion.selection as selection
@@ -40,18 +38,6 @@ WATERSHED = {"min_object_size": 0, "min_marker_size": 0, "opening_size": 1}
 SNAPSHOT_CANDIDATES = ["ema@2", "model@2", "ema@4", "model@4"]
 
 
-@contextmanager
-def one_thread():
-    """Module fixtures run before conftest's per-test one_torch_thread: without this, training
-    on 2 busy cores with 2 threads is ten times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_labelled_csv):
     """Structure and image models of 4 steps with snapshots at steps 2 and 4, and a structure
@@ -60,23 +46,21 @@ def models(tmp_path_factory, tiny_labelled_csv):
     runs = [("structure", "structure", 2), ("image", "image", 2), ("structure", "final_structure", None)]
     for kind, name, every in runs:
         extra = {"snapshot_every": every} if every else {"iterations": 2}
-        with one_thread():
-            train_diffusion_model(
-                kind,
-                tiny_labelled_csv,
-                root / f"{name}.pt",
-                network=TRAINING_NET,
-                training={**TRAINING, **extra},
-                schedule={"timesteps": 20},
-                checkpoint_dir=root / f"ckpt_{name}",
-            )
+        train_diffusion_model(
+            kind,
+            tiny_labelled_csv,
+            root / f"{name}.pt",
+            network=TRAINING_NET,
+            training={**TRAINING, **extra},
+            schedule={"timesteps": 20},
+            checkpoint_dir=root / f"ckpt_{name}",
+        )
     return root
 
 
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory, tiny_prepared):
-    with one_thread():
-        return train_tiny_segmenter(tiny_prepared, tmp_path_factory.mktemp("selection_segmenter"))
+    return train_tiny_segmenter(tiny_prepared, tmp_path_factory.mktemp("selection_segmenter"))
 
 
 def outputs(tmp_path, stem="selection"):
