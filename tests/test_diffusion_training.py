@@ -10,11 +10,11 @@ from tiny_models import TRAINING_NET
 
 import nudiff.diffusion.training as training
 from nudiff.diffusion.training import (
-    dihedral,
     load_diffusion_model,
     train_diffusion_model,
 )
 from nudiff.errors import ConfigError, InputDataError
+from nudiff.imaging import dihedral
 from nudiff.training.loop import TrainingInterrupted
 
 TINY_TRAINING = {

@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from nudiff.diffusion.training import dihedral
 from nudiff.errors import ConfigError, InputDataError
+from nudiff.imaging import dihedral
 from nudiff.io.images import write_image, write_instance_map
 from nudiff.samples import SAMPLE_COLUMNS, read_sample_table, synthetic_samples, write_sample_table
 from nudiff.segmentation import HoVerNet, HoVerNetConfig

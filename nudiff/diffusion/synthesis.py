@@ -41,8 +41,9 @@ import torch
 
 from nudiff.diffusion.guidance import guided_eps
 from nudiff.diffusion.samplers import SamplerName, sample
-from nudiff.diffusion.training import image_from_model_range, load_diffusion_model
+from nudiff.diffusion.training import load_diffusion_model
 from nudiff.errors import InputDataError
+from nudiff.imaging import image_from_model_range
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
 from nudiff.samples import (

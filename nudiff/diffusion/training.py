@@ -33,6 +33,7 @@ from nudiff.diffusion.schedule import NoiseSchedule, linear_schedule
 from nudiff.diffusion.unet import UNet, UNetConfig, count_parameters
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.figures import plot_loss_curve
+from nudiff.imaging import channels_first, dihedral, image_to_model_range
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
 from nudiff.samples import SampleReader, read_sample_table
@@ -96,24 +97,6 @@ class DiffusionTraining:
 # ---- training examples -------------------------------------------------------
 
 
-def dihedral(array: np.ndarray, op: int) -> np.ndarray:
-    """One of the 8 symmetries of the square on the first two axes: ``op`` in 0..7."""
-    if not 0 <= op < 8:
-        raise ValueError(f"op must be in 0..7, got {op}")
-    out = np.rot90(array, k=op % 4, axes=(0, 1))
-    return np.ascontiguousarray(out[:, ::-1] if op >= 4 else out)
-
-
-def image_to_model_range(rgb: np.ndarray) -> np.ndarray:
-    """``(..., H, W, 3)`` uint8 -> float32 in [-1, 1]."""
-    return rgb.astype(np.float32) / 127.5 - 1.0
-
-
-def image_from_model_range(x: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`image_to_model_range`, clipped and rounded to uint8."""
-    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 class TrainingExamples:
     """Labelled patches held in memory, drawn as model-ready batches.
 
@@ -141,8 +124,7 @@ class TrainingExamples:
             inst = dihedral(self.inst[i], op)
             images.append(image_to_model_range(dihedral(self.rgb[i], op)))
             structures.append(structure_to_model_range(nuclei_structure(inst)))
-        to_tensor = lambda arrays: torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-        return to_tensor(images), to_tensor(structures)
+        return channels_first(images), channels_first(structures)
 
 
 # ---- model files -------------------------------------------------------------

@@ -7,7 +7,7 @@ h map is not simply the old v map: HoVer-Net rounds each nucleus' centre of mass
 
 Two parts, every random draw from one ``torch.Generator``:
 
-* geometry: one of the 8 flips/rotations of the square (:func:`nudiff.diffusion.training.dihedral`),
+* geometry: one of the 8 flips/rotations of the square (:func:`nudiff.imaging.dihedral`),
   applied to image and map alike;
 * colour (image only): brightness, contrast, saturation and hue shifts in a random order.
   The default ranges are HoVer-Net's training ranges (vqdang/hover_net ``dataloader/augs.py``
@@ -30,7 +30,7 @@ import torch
 from scipy import ndimage
 from torchvision.transforms.v2.functional import adjust_hue
 
-from nudiff.diffusion.training import dihedral
+from nudiff.imaging import dihedral
 
 N_DIHEDRAL = 8
 BRIGHTNESS = 26.0 / 255.0
