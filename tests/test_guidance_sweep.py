@@ -1,4 +1,4 @@
-"""The guidance-scale sweep judged by the labelled segmenter (nudiff.diffusion.guidance_sweep)."""
+"""The guidance-scale sweep judged by the labelled segmenter (nudiff.assessment.guidance_sweep)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from drawn import discs, painted, write_pairs
 from skimage.measure import label
 from tiny_models import TRAINING_NET, train_tiny_segmenter
 
-import nudiff.diffusion.guidance_sweep as sweep
-import nudiff.diffusion.selection as selection
-from nudiff.diffusion.segmenter_agreement import CHANCE, REAL_TEST, SYNTHETIC
+import nudiff.assessment.guidance_sweep as sweep
+import nudiff.assessment.segmenter_agreement as agreement
+from nudiff.assessment.segmenter_agreement import CHANCE, REAL_TEST, SYNTHETIC
 from nudiff.diffusion.synthesis import SamplingSettings
 from nudiff.diffusion.training import train_diffusion_model
 from nudiff.errors import InputDataError
@@ -138,7 +138,7 @@ def test_images_that_show_their_labels_agree_fully_and_chance_is_zero(
 
     monkeypatch.setattr(sweep, "sample_conditioned_images", painted_at_two)
     seen = lambda model, rgb, **kwargs: label(rgb[..., 0] < 150).astype(np.int32)  # noqa: E731
-    monkeypatch.setattr(selection, "predict_instances", seen)
+    monkeypatch.setattr(agreement, "predict_instances", seen)
     table = run(image_model, shards, segmenter, reference_csv, tmp_path)
     scores = table[["dice_mean", "aji_mean", "pq_mean"]].values.tolist()
     assert scores[1:] == [[0.0] * 3, [0.0] * 3, [1.0] * 3, [0.0] * 3]

@@ -1,4 +1,4 @@
-"""The segmenter's judgement of synthetic pairs (nudiff.diffusion.segmenter_agreement)."""
+"""The segmenter's judgement of synthetic pairs (nudiff.assessment.segmenter_agreement)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from drawn import discs, write_pairs
 from skimage.measure import label
 from tiny_models import train_tiny_segmenter
 
+from nudiff.assessment import segmenter_agreement as agreement
 from nudiff.datasets.demo import generate_demo_dataset
 from nudiff.datasets.prepare import prepare_dataset
 from nudiff.datasets.sources import list_source_items
-from nudiff.diffusion import segmenter_agreement as agreement
 from nudiff.errors import InputDataError
 
 # three pairs whose nuclei never overlap another pair's: image i against map i-1 shares no pixel

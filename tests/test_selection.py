@@ -1,4 +1,5 @@
-"""Choosing the weights of a trained diffusion model by a measured score (nudiff.diffusion.selection)."""
+"""Choosing the weights of a trained diffusion model by a measured score (nudiff.diffusion.selection, and
+nudiff.assessment.image_selection for the image model)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import pandas as pd
 import pytest
 from tiny_models import TRAINING_NET, train_tiny_segmenter
 
-import nudiff.diffusion.selection as selection
+import nudiff.assessment.image_selection as image_selection
+from nudiff.assessment.image_selection import select_image_weights
 from nudiff.diffusion.quality import real_pairs
 from nudiff.diffusion.selection import (
     Candidate,
-    _choose,
+    choose_candidate,
     conditioning_maps,
-    select_image_weights,
     select_structure_weights,
     structure_score,
     weight_candidates,
@@ -106,11 +107,11 @@ def test_the_best_finite_score_is_chosen():
             "score": [3.0, np.nan, 1.0, 2.0],
         }
     )
-    assert _choose(table, "score", higher_is_better=False) == Candidate("ema", 4)
-    assert _choose(table, "score", higher_is_better=True) == Candidate("ema", 2)
+    assert choose_candidate(table, "score", higher_is_better=False) == Candidate("ema", 4)
+    assert choose_candidate(table, "score", higher_is_better=True) == Candidate("ema", 2)
     table.loc[0, "score"] = np.nan
-    assert _choose(table, "score", higher_is_better=True) == Candidate("model", None)
-    chosen = _choose(table, "score", higher_is_better=True)
+    assert choose_candidate(table, "score", higher_is_better=True) == Candidate("model", None)
+    chosen = choose_candidate(table, "score", higher_is_better=True)
     assert chosen.step is None and chosen.name == "model@final"
 
 
@@ -118,7 +119,7 @@ def test_no_candidate_with_a_score_is_an_error():
     table = pd.DataFrame({"candidate": ["ema@2", "model@2"], "weights": ["ema", "model"], "step": [2, 2]})
     table["aji"] = np.nan
     with pytest.raises(InputDataError, match="aji is undefined for all"):
-        _choose(table, "aji", higher_is_better=True)
+        choose_candidate(table, "aji", higher_is_better=True)
 
 
 # ---------------------------------------------------------------- structure score
@@ -330,7 +331,7 @@ def test_image_selection_judges_every_candidate_and_keeps_the_highest_aji(
     its own images; the CSV holds the mean Dice, AJI and PQ of the segmenter's judgement per
     candidate, the JSON the highest AJI, and a second run writes the same bytes."""
     sampled, judged = [], []
-    original_sample, original_judge = selection.sample_conditioned_images, selection.judge_images
+    original_sample, original_judge = image_selection.sample_conditioned_images, image_selection.judge_images
 
     def recording_sample(model, schedule, maps, sampling, *, device, stream):
         images = original_sample(model, schedule, maps, sampling, device=device, stream=stream)
@@ -342,8 +343,8 @@ def test_image_selection_judges_every_candidate_and_keeps_the_highest_aji(
         judged.append(scores)
         return scores
 
-    monkeypatch.setattr(selection, "sample_conditioned_images", recording_sample)
-    monkeypatch.setattr(selection, "judge_images", recording_judge)
+    monkeypatch.setattr(image_selection, "sample_conditioned_images", recording_sample)
+    monkeypatch.setattr(image_selection, "judge_images", recording_judge)
     kwargs = dict(n=3, sampling=SAMPLING)
     chosen = select_image_weights(
         models / "image.pt", tiny_labelled_csv, segmenter, **outputs(tmp_path / "a"), **kwargs

@@ -2,8 +2,8 @@ from nudiff.runtime import start_job
 
 start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
 
+from nudiff.assessment.guidance_sweep import guidance_sweep
 from nudiff.config import resolve_device
-from nudiff.diffusion.guidance_sweep import guidance_sweep
 from nudiff.diffusion.synthesis import sampling_settings
 
 guidance_sweep(

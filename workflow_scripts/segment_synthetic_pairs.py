@@ -2,8 +2,8 @@ from nudiff.runtime import start_job
 
 start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
 
+from nudiff.assessment.segmenter_agreement import segmenter_agreement
 from nudiff.config import resolve_device
-from nudiff.diffusion.segmenter_agreement import segmenter_agreement
 
 segmenter_agreement(
     snakemake.input.model,

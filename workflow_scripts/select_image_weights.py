@@ -2,8 +2,8 @@ from nudiff.runtime import start_job
 
 start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
 
+from nudiff.assessment.image_selection import select_image_weights
 from nudiff.config import resolve_device
-from nudiff.diffusion.selection import select_image_weights
 from nudiff.diffusion.synthesis import sampling_settings
 
 select_image_weights(

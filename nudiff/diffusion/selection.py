@@ -13,10 +13,9 @@ lag the network, and a small data set's last steps may overfit.
   An earlier score, the mean Wasserstein-1 distance divided by the real standard deviation,
   chose weights that drew almost no nuclei on the demo: solidity's tiny real spread made
   its term dominate.
-* image model (:func:`select_image_weights`): images are sampled conditioned on the
-  structures of real labelled patches, and the Hover-Net trained on the labelled subset
-  segments them. Score: mean AJI of its instances against the conditioning maps (higher is
-  better): an image that shows the nuclei its structure asks for is segmented like one.
+* image model: judged by the labelled Hover-Net, so it is chosen in
+  :mod:`nudiff.assessment.image_selection` with the candidates, conditioning maps and
+  choice of this module.
 """
 
 from __future__ import annotations
@@ -35,13 +34,10 @@ import torch
 
 from nudiff.diffusion.quality import real_pairs
 from nudiff.diffusion.quality_measures import STATISTICS, compare_statistic_tables, instance_statistics
-from nudiff.diffusion.segmenter_agreement import score_against_maps
 from nudiff.diffusion.synthesis import CleanupSettings, SamplingSettings, image_batch, structure_batch
 from nudiff.diffusion.training import load_diffusion_model
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
-from nudiff.segmentation.inference import predict_instances
-from nudiff.segmentation.train import load_segmenter
 from nudiff.training.checkpoint import load_state
 
 logger = logging.getLogger(__name__)
@@ -77,7 +73,10 @@ def _batches(n: int, batch_size: int) -> list[np.ndarray]:
     return [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
-def _write(table: pd.DataFrame, chosen: Candidate, score_column: str, out_csv: PathLike, out_json: PathLike) -> None:
+def write_selection(
+    table: pd.DataFrame, chosen: Candidate, score_column: str, out_csv: PathLike, out_json: PathLike
+) -> None:
+    """The candidates' scores and the JSON of the chosen one (what the sampling rules read), together."""
     best = table.loc[table["candidate"] == chosen.name].iloc[0]
     record = {"chosen": asdict(chosen), "name": chosen.name, "score": score_column, "value": float(best[score_column])}
     with atomic_path(out_csv) as csv_tmp, atomic_path(out_json) as json_tmp:
@@ -85,7 +84,8 @@ def _write(table: pd.DataFrame, chosen: Candidate, score_column: str, out_csv: P
         Path(json_tmp).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _choose(table: pd.DataFrame, score: str, *, higher_is_better: bool) -> Candidate:
+def choose_candidate(table: pd.DataFrame, score: str, *, higher_is_better: bool) -> Candidate:
+    """The row of the best finite ``score`` (NaN never wins) as a :class:`Candidate`."""
     valid = table[np.isfinite(table[score])]
     if valid.empty:
         raise InputDataError(f"no candidate weights could be scored ({score} is undefined for all)")
@@ -179,9 +179,9 @@ def select_structure_weights(
             time.monotonic() - t0,
         )
     table = pd.DataFrame(rows)
-    chosen = _choose(table, "score", higher_is_better=False)
+    chosen = choose_candidate(table, "score", higher_is_better=False)
     logger.info("chosen structure weights: %s", chosen.name)
-    _write(table, chosen, "score", out_csv, out_json)
+    write_selection(table, chosen, "score", out_csv, out_json)
     return chosen
 
 
@@ -195,22 +195,6 @@ def conditioning_maps(labelled_csv: PathLike, n: int) -> list[np.ndarray]:
         raise InputDataError(f"{labelled_csv}: no labelled patch holds a nucleus to condition on")
     picks = np.linspace(0, len(with_nuclei) - 1, num=min(n, len(with_nuclei))).round().astype(int)
     return [with_nuclei[i] for i in picks]
-
-
-def judge_images(
-    segmenter: torch.nn.Module,
-    meta: Mapping[str, Any],
-    images: np.ndarray,
-    maps: Sequence[np.ndarray],
-    *,
-    watershed: Mapping[str, Any] | None,
-    device: str,
-) -> pd.DataFrame:
-    """Segment each image with the labelled Hover-Net and score it against its map (Dice, AJI, PQ)."""
-    ws = dict(meta["training"].get("watershed", {}) if watershed is None else watershed)
-    tile = int(meta["input_size"])
-    predictions = [predict_instances(segmenter, rgb, tile=tile, watershed=ws, device=device) for rgb in images]
-    return score_against_maps(predictions, list(maps))
 
 
 def sample_conditioned_images(
@@ -230,55 +214,3 @@ def sample_conditioned_images(
             for batch in _batches(len(stacked), sampling.batch_size)
         ]
     )
-
-
-def select_image_weights(
-    model_path: PathLike,
-    labelled_csv: PathLike,
-    segmenter_path: PathLike,
-    *,
-    out_csv: PathLike,
-    out_json: PathLike,
-    n: int,
-    sampling: SamplingSettings,
-    watershed: Mapping[str, Any] | None = None,
-    device: str = "cpu",
-) -> Candidate:
-    """Rule ``select_image_weights``: score every candidate by the labelled Hover-Net's agreement.
-
-    Each candidate draws an image for each of ``n`` real label maps (same maps, same noise
-    seeds of stream ``select_image``); the segmenter's mean AJI against those maps is the
-    score (highest chosen). Writes one row per candidate (``candidate``, ``weights``,
-    ``step``, ``dice``, ``aji``, ``pq``) and the JSON of the chosen one.
-    """
-    maps = conditioning_maps(labelled_csv, n)
-    segmenter, meta = load_segmenter(segmenter_path, device)
-    rows = []
-    for candidate in weight_candidates(model_path):
-        t0 = time.monotonic()
-        model, schedule, _ = load_diffusion_model(
-            model_path, device=device, expect="image", weights=candidate.weights, step=candidate.step
-        )
-        images = sample_conditioned_images(model, schedule, maps, sampling, device=device, stream="select_image")
-        scores = judge_images(segmenter, meta, images, maps, watershed=watershed, device=device)
-        rows.append(
-            {
-                "candidate": candidate.name,
-                "weights": candidate.weights,
-                "step": candidate.step,
-                **{k: float(scores[k].mean()) for k in ("dice", "aji", "pq")},
-            }
-        )
-        logger.info(
-            "image weights %s: segmenter agreement dice %.3f aji %.3f (%d images, %.0f s)",
-            candidate.name,
-            rows[-1]["dice"],
-            rows[-1]["aji"],
-            len(maps),
-            time.monotonic() - t0,
-        )
-    table = pd.DataFrame(rows)
-    chosen = _choose(table, "aji", higher_is_better=True)
-    logger.info("chosen image weights: %s", chosen.name)
-    _write(table, chosen, "aji", out_csv, out_json)
-    return chosen

@@ -69,6 +69,22 @@ def score_against_maps(predictions: Sequence[np.ndarray], maps: Sequence[np.ndar
     return pd.DataFrame(rows, columns=["pair", *SCORES, "n_true", "n_pred"])
 
 
+def judge_images(
+    segmenter: torch.nn.Module,
+    meta: Mapping[str, Any],
+    images: np.ndarray,
+    maps: Sequence[np.ndarray],
+    *,
+    watershed: Mapping[str, Any] | None,
+    device: str,
+) -> pd.DataFrame:
+    """Segment each image with the labelled Hover-Net and score it against its map (Dice, AJI, PQ)."""
+    ws = dict(meta["training"].get("watershed", {}) if watershed is None else watershed)
+    tile = int(meta["input_size"])
+    predictions = [predict_instances(segmenter, rgb, tile=tile, watershed=ws, device=device) for rgb in images]
+    return score_against_maps(predictions, list(maps))
+
+
 def segmenter_agreement(
     model_file: PathLike,
     pair_shards: Sequence[PathLike],

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nudiff.assessment.segmenter_agreement import CHANCE, REAL_TEST, SCORES, SYNTHETIC, judge_images
 from nudiff.diffusion.quality import read_shards
-from nudiff.diffusion.segmenter_agreement import CHANCE, REAL_TEST, SCORES, SYNTHETIC
-from nudiff.diffusion.selection import judge_images, sample_conditioned_images
+from nudiff.diffusion.selection import sample_conditioned_images
 from nudiff.diffusion.synthesis import SamplingSettings, chosen_weights
 from nudiff.diffusion.training import load_diffusion_model
 from nudiff.errors import InputDataError
