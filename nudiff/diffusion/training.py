@@ -34,12 +34,12 @@ from nudiff.diffusion.unet import UNet, UNetConfig, count_parameters
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.figures import plot_loss_curve
 from nudiff.imaging import channels_first, dihedral, image_to_model_range
-from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
 from nudiff.samples import SampleReader, read_sample_table
 from nudiff.structure import nuclei_structure, structure_to_model_range
-from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
-from nudiff.training.loop import LoopSettings, run_training
+from nudiff.training.checkpoint import load_state, save_state
+from nudiff.training.loop import LoopSettings
+from nudiff.training.run import train_to_files
 
 logger = logging.getLogger(__name__)
 
@@ -275,32 +275,28 @@ def train_diffusion_model(
         "samples": file_sha256(samples_csv),
         "init": file_sha256(init_model) if init_model is not None else None,
     }
-    store = CheckpointStore(checkpoint_dir, keep=train_cfg.keep_checkpoints)
-    result = run_training(
+    result = train_to_files(
         model,
         optimizer,
         step,
         train_cfg.loop_settings(),
-        generator=torch.Generator().manual_seed(train_cfg.seed),
-        store=store,
+        seed=train_cfg.seed,
+        checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
+        save=lambda trained: save_diffusion_model(
+            out_model,
+            kind=kind,
+            network=net_cfg,
+            schedule=sched_cfg,
+            model=trained.model,
+            ema=trained.ema,
+            training=train_cfg,
+            patch_size=size,
+            snapshots=trained.snapshots,
+        ),
+        plot=lambda history, png: plot_loss_curve(history, png, title=f"{kind} model: L_simple"),
+        loss_csv=loss_csv,
+        loss_png=loss_png,
         device=device,
     )
-    save_diffusion_model(
-        out_model,
-        kind=kind,
-        network=net_cfg,
-        schedule=sched_cfg,
-        model=result.model,
-        ema=result.ema,
-        training=train_cfg,
-        patch_size=size,
-        snapshots=result.snapshots,
-    )
-    if loss_csv is not None:
-        with atomic_path(loss_csv) as tmp:
-            result.history.to_csv(tmp, index=False)
-    if loss_png is not None:
-        plot_loss_curve(result.history, loss_png, title=f"{kind} model: L_simple")
-    store.clear()
     return result.history

@@ -49,8 +49,9 @@ from nudiff.segmentation.validation import (
     split_validation,
 )
 from nudiff.structure import nuclei_structure
-from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
-from nudiff.training.loop import LoopSettings, run_training
+from nudiff.training.checkpoint import load_state, save_state
+from nudiff.training.loop import LoopSettings, TrainResult
+from nudiff.training.run import train_to_files
 
 logger = logging.getLogger(__name__)
 
@@ -318,46 +319,47 @@ def train_segmenter(
         "samples": file_sha256(samples_csv),
         "encoder": file_sha256(encoder) if encoder not in ("none", "imagenet") else encoder,
     }
-    store = CheckpointStore(checkpoint_dir, keep=cfg.keep_checkpoints)
-    result = run_training(
+
+    def save(result: TrainResult) -> None:
+        nonlocal validation
+        if validation is None:  # nothing to choose from: keep the last weights
+            validation = BestWeights.final(result.model, cfg.iterations)
+        save_state(
+            out_model,
+            {
+                "model": MODEL_NAME,
+                "network": net_cfg.to_dict(),
+                "state": validation.best_state,
+                "best_step": validation.best_step,
+                "best_score": validation.best_score,
+                "training": asdict(cfg),
+                "input_size": size,
+                "output_size": net_cfg.output_size(size),
+                "validation": validation.log,
+            },
+        )
+        logger.info(
+            "saved %s: weights of step %s (validation score %s)", out_model, validation.best_step, validation.best_score
+        )
+        if validation_csv is not None:
+            with atomic_path(validation_csv) as tmp:
+                validation.table().to_csv(tmp, index=False)
+
+    train_to_files(
         model,
         optimizer,
         step,
         cfg.loop_settings(),
-        generator=torch.Generator().manual_seed(cfg.seed),
-        store=store,
+        seed=cfg.seed,
+        checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
+        save=save,
+        plot=lambda history, png: plot_training(history, validation.table(), png, best_step=validation.best_step),
+        loss_csv=loss_csv,
+        loss_png=loss_png,
         callbacks=[schedule, *([validation] if validation else [])],
         device=device,
     )
-    if validation is None:  # nothing to choose from: keep the last weights
-        validation = BestWeights.final(result.model, cfg.iterations)
-    save_state(
-        out_model,
-        {
-            "model": MODEL_NAME,
-            "network": net_cfg.to_dict(),
-            "state": validation.best_state,
-            "best_step": validation.best_step,
-            "best_score": validation.best_score,
-            "training": asdict(cfg),
-            "input_size": size,
-            "output_size": net_cfg.output_size(size),
-            "validation": validation.log,
-        },
-    )
-    logger.info(
-        "saved %s: weights of step %s (validation score %s)", out_model, validation.best_step, validation.best_score
-    )
-    if loss_csv is not None:
-        with atomic_path(loss_csv) as tmp:
-            result.history.to_csv(tmp, index=False)
-    if validation_csv is not None:
-        with atomic_path(validation_csv) as tmp:
-            validation.table().to_csv(tmp, index=False)
-    if loss_png is not None:
-        plot_training(result.history, validation.table(), loss_png, best_step=validation.best_step)
-    store.clear()
     return validation
 
 

@@ -1,1 +1,2 @@
-"""What every training stage shares: checkpoints that survive a killed job, and one loop."""
+"""What every training stage shares: checkpoints that survive a killed job, one loop, and the run
+through to its files."""
