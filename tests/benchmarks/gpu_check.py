@@ -270,7 +270,7 @@ def bench_train(config: dict[str, Any], device: Device, budget: Budget) -> list[
         device.reset_memory()
         torch.manual_seed(cfg.seed)
         with torch.device(device.type):
-            model = UNet(net)
+            model = UNet(net).set_gradient_checkpointing(cfg.gradient_checkpointing)  # as the preset trains
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         calls = [0]
 
@@ -300,6 +300,7 @@ def bench_train(config: dict[str, Any], device: Device, budget: Budget) -> list[
         )
         label = "structure U-Net" if model_kind == "structure" else "image U-Net (SPADE)"
         rows.append(train_row(label, count_parameters(model), cfg.batch_size, size, seconds, flops, device))
+        rows[-1]["gradient_checkpointing"] = cfg.gradient_checkpointing
         del model, optimizer, batches, step
 
     seg = SegmenterTraining(**hovernet["training"])  # phase 2 of HoVer-Net (the encoder trains too)
