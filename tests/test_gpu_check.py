@@ -29,7 +29,7 @@ def run_check(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,  # a guard against a hang, not a speed check (a loaded CI machine is slow)
         env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )
 
