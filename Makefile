@@ -6,7 +6,7 @@ VENV ?= .venv
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: install demo test report lint benchmarks clean-results
+.PHONY: install demo test report lint benchmarks gpu-check clean-results
 
 # Reinstall only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -39,3 +39,9 @@ lint: install
 ## benchmarks: speed and memory of the hot paths (slow; run on demand)
 benchmarks: install
 	$(BIN)/python tests/benchmarks/run_all.py
+
+## gpu-check: on one GPU, the tiny workflow on CUDA plus paper-size speed, memory
+## and MFU, in under 8 minutes (results/gpu_check/); without a GPU it says so and
+## exits 0. make gpu-check GPU_CHECK_ARGS="--device cpu" runs its code on the CPU.
+gpu-check: install
+	$(BIN)/python tests/benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -78,6 +78,7 @@ def environment(threads: int) -> dict[str, Any]:
         "threads": threads,
         "load_average": os.getloadavg(),
         "mem_available_gib": round(mem_available() / GIB, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -237,7 +238,9 @@ def write_report(
         "",
         f"Command (from the repository root): `{cmd}`  ",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, {threads} torch thread(s), load average "
-        f"{', '.join(f'{x:.1f}' for x in env['load_average'])}; torch {env['torch']}; {env['date_utc']}.",
+        f"{', '.join(f'{x:.1f}' for x in env['load_average'])}; "
+        + (f"GPU {env['gpu']}; " if env["gpu"] else "")
+        + f"torch {env['torch']}; {env['date_utc']}.",
         "",
     ]
     markdown = "\n".join(header) + "\n" + "\n\n".join(sections) + "\n"
