@@ -99,7 +99,7 @@ def preprocessing(resize: int = 256, crop: int = 224) -> transforms.Compose:
 def extract_features(
     patches: Sequence[np.ndarray],
     *,
-    weights: str | Path = "none",
+    weights: str | Path = "imagenet",
     resize: int = 256,
     crop: int = 224,
     batch_size: int = 16,
@@ -161,6 +161,6 @@ def compute_patch_features(
             tmp,
             patch_id=index["patch_id"].to_numpy(str),
             features=features,
-            weights=np.array(str(options.get("weights", "none"))),
+            weights=np.array(str(options.get("weights", "imagenet"))),
         )
     return features
