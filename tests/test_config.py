@@ -19,7 +19,7 @@ from nudiff.diffusion.unet import UNetConfig
 from nudiff.evaluation import segment_test_images
 from nudiff.features import extract_features
 from nudiff.patches import extract_patches
-from nudiff.datasets.demo import generate_demo_dataset
+from nudiff.datasets.demo import make_demo_dataset
 from nudiff.segmentation.hovernet_config import HoVerNetConfig
 from nudiff.segmentation.train import SegmenterTraining
 from nudiff.structure import instances_from_structure
@@ -45,7 +45,7 @@ CONSUMERS = {
     "diffusion.sampling": (SamplingSettings, {"shards"}),  # rules/common.smk n_shards
     "diffusion.cleanup": (CleanupSettings, set()),
     "segmentation.hovernet.inference": (segment_test_images, set()),
-    "datasets.*.demo": (generate_demo_dataset, set()),
+    "datasets.*.demo": (make_demo_dataset, set()),
 }
 
 

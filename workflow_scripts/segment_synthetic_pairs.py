@@ -3,9 +3,9 @@ from nudiff.runtime import start_job
 start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
 
 from nudiff.config import resolve_device
-from nudiff.diffusion.segmenter_agreement import segmenter_agreement
+from nudiff.diffusion.segmenter_agreement import segment_synthetic_pairs
 
-segmenter_agreement(
+segment_synthetic_pairs(
     snakemake.input.model,
     list(snakemake.input.pairs),
     snakemake.input.reference,

@@ -69,7 +69,7 @@ def score_against_maps(predictions: Sequence[np.ndarray], maps: Sequence[np.ndar
     return pd.DataFrame(rows, columns=["pair", *SCORES, "n_true", "n_pred"])
 
 
-def segmenter_agreement(
+def segment_synthetic_pairs(
     model_file: PathLike,
     pair_shards: Sequence[PathLike],
     reference_scores_csv: PathLike,
