@@ -144,9 +144,7 @@ class _Images:
         return self.reader[i][0]
 
 
-def compute_features(
-    prepared_dir: str | Path, index_csv: str | Path, out_npz: str | Path, **options
-) -> np.ndarray:
+def compute_features(prepared_dir: str | Path, index_csv: str | Path, out_npz: str | Path, **options) -> np.ndarray:
     """Rule ``compute_features``: features of every indexed patch, saved with their patch ids.
 
     ``options`` are those of :func:`extract_features`. The ``.npz`` holds

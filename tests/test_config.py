@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nudiff.datasets.demo import make_demo_dataset
 from nudiff.diffusion.synthesis import CleanupSettings, SamplingSettings
 from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig
 from nudiff.diffusion.unet import UNetConfig
 from nudiff.evaluation import segment_test_images
 from nudiff.features import extract_features
 from nudiff.patches import extract_patches
-from nudiff.datasets.demo import make_demo_dataset
 from nudiff.segmentation.hovernet_config import HoVerNetConfig
 from nudiff.segmentation.train import SegmenterTraining
 from nudiff.structure import instances_from_structure

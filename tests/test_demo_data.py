@@ -13,7 +13,7 @@ from skimage.measure import label as label_components
 from skimage.measure import regionprops
 
 from nudiff.datasets import demo
-from nudiff.datasets.demo import STYLES, make_demo_dataset, generate_demo_tile
+from nudiff.datasets.demo import STYLES, generate_demo_tile, make_demo_dataset
 
 
 @pytest.fixture(scope="module")

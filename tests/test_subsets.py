@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nudiff.subsets import Clustering, kmeans_clusters, nucleus_keys, choose_patches
+from nudiff.subsets import Clustering, choose_patches, kmeans_clusters, nucleus_keys
 
 
 def keys(*ids, image=0):

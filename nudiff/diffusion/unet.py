@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nudiff.config import from_mapping
 from nudiff.diffusion.blocks import (
     AttentionBlock,
     BlockSequence,
@@ -30,7 +31,6 @@ from nudiff.diffusion.blocks import (
     timestep_embedding,
     zero_,
 )
-from nudiff.config import from_mapping
 from nudiff.errors import ConfigError
 
 
