@@ -6,8 +6,8 @@ import re
 from snakemake.utils import validate
 
 from nudiff.config import check_config, subset_key
-from nudiff.errors import ConfigError
 from nudiff.datasets.sources import list_source_items
+from nudiff.errors import ConfigError
 
 
 validate(config, schema="../config/schema.yaml")

@@ -6,6 +6,7 @@ run it from a checkout, so that nothing here touches the repository's results/.
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import subprocess
@@ -179,6 +180,8 @@ def test_the_schema_lists_exactly_the_rules_for_resources():
     schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
     names = schema["properties"]["resources"]["propertyNames"]["enum"]
     assert sorted(names) == sorted(["default", *workflow_rules()])
+    gpu_rules = re.search(r"^GPU_RULES = (\{.*?\})", (REPO / "rules" / "common.smk").read_text(), re.S | re.M)
+    assert set(ast.literal_eval(gpu_rules[1])) <= set(workflow_rules())
 
 
 def test_every_rule_takes_its_resources_from_config(tmp_path):
