@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -44,3 +45,31 @@ def test_every_rule_script_and_function_share_a_name():
 def test_every_script_belongs_to_a_rule():
     scripts = {path.stem for path in (REPO / "workflow_scripts").glob("*.py")}
     assert scripts == set(rule_scripts().values())
+
+
+def defined_names(module: str) -> set[str]:
+    """Top-level names a nudiff module defines, read from its source (importing the
+    diffusion modules takes a minute on a loaded 2-core machine)."""
+    path = REPO / Path(*module.split("."))
+    source = path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
+    names = set()
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {alias.asname or alias.name for alias in node.names}
+    return names
+
+
+def test_every_script_imports_names_that_exist():
+    """A rename that missed a script fails here, not in the middle of a run."""
+    missing = []
+    for path in sorted((REPO / "workflow_scripts").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("nudiff"):
+                absent = {alias.name for alias in node.names} - defined_names(node.module)
+                missing += [f"{path.name}: {node.module}.{name}" for name in sorted(absent)]
+    assert not missing, missing
