@@ -1,5 +1,6 @@
 # nudiff: diffusion-based data augmentation for nuclei segmentation.
-# Stages, in order; every rule's code is in workflow_scripts/<rule>.py -> nudiff/.
+# Stages, in order; rule X runs workflow_scripts/X.py, which calls nudiff's X()
+# (the exceptions, shared steps, are listed in tests/test_rule_names.py).
 
 from snakemake.utils import min_version
 

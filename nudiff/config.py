@@ -7,10 +7,9 @@ Each error names the key to fix.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
-
-import torch
 
 from nudiff.errors import ConfigError
 
@@ -47,6 +46,10 @@ def check_config(config: dict[str, Any]) -> None:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
+    # Imported here: rules/common.smk imports this module, and torch would add
+    # over a second to every DAG build.
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -54,8 +57,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def from_mapping(cls, values: dict[str, Any], key: str):
-    """Build a settings dataclass from a config mapping, naming ``key`` on unknown fields."""
+def from_mapping(cls, values: Mapping[str, Any], key: str):
+    """Build a settings dataclass from a config mapping, naming ``key`` on unknown fields.
+
+    The one check of unknown keys for every settings dataclass (also their ``from_dict``).
+    """
     unknown = sorted(set(values) - {f.name for f in fields(cls)})
     if unknown:
         raise ConfigError(f"{key}: unknown setting(s) {unknown}")

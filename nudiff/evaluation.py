@@ -2,7 +2,7 @@
 
 Three steps, one rule each: :func:`segment_test_images` writes one instance map per test image
 of a prepared dataset; :func:`score_predictions` scores them per image (Dice, AJI, AJI+, DQ, SQ,
-PQ as HoVer-Net's ``compute_stats``, :mod:`nudiff.metrics`); :func:`summarize_scores` averages
+PQ as HoVer-Net's ``compute_stats``, :mod:`nudiff.metrics`); :func:`summarize_metrics` averages
 each run over its test images (the paper's numbers are such per-image means).
 """
 
@@ -168,12 +168,12 @@ def score_predictions(
     return table
 
 
-def summarize_scores(
+def summarize_metrics(
     per_image_csvs: Sequence[str | Path],
     out_metrics_csv: str | Path,
     out_per_image_csv: str | Path,
 ) -> pd.DataFrame:
-    """Rule ``summarize_scores``: the mean over test images of every metric, per run.
+    """Rule ``summarize_metrics``: the mean over test images of every metric, per run.
 
     Args:
         per_image_csvs: tables from :func:`score_predictions`, all with the same columns,

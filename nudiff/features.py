@@ -99,7 +99,7 @@ def preprocessing(resize: int = 256, crop: int = 224) -> transforms.Compose:
 def extract_features(
     patches: Sequence[np.ndarray],
     *,
-    weights: str | Path = "none",
+    weights: str | Path = "imagenet",
     resize: int = 256,
     crop: int = 224,
     batch_size: int = 16,
@@ -144,9 +144,7 @@ class _Images:
         return self.reader[i][0]
 
 
-def compute_patch_features(
-    prepared_dir: str | Path, index_csv: str | Path, out_npz: str | Path, **options
-) -> np.ndarray:
+def compute_features(prepared_dir: str | Path, index_csv: str | Path, out_npz: str | Path, **options) -> np.ndarray:
     """Rule ``compute_features``: features of every indexed patch, saved with their patch ids.
 
     ``options`` are those of :func:`extract_features`. The ``.npz`` holds
@@ -161,6 +159,6 @@ def compute_patch_features(
             tmp,
             patch_id=index["patch_id"].to_numpy(str),
             features=features,
-            weights=np.array(str(options.get("weights", "none"))),
+            weights=np.array(str(options.get("weights", "imagenet"))),
         )
     return features

@@ -58,7 +58,7 @@ class SubsetSummary:
         return asdict(self)
 
 
-def cluster_patches(features: np.ndarray, *, n_clusters: int = 6, seed: int = 42, n_init: int = 10) -> Clustering:
+def kmeans_clusters(features: np.ndarray, *, n_clusters: int = 6, seed: int = 42, n_init: int = 10) -> Clustering:
     """K-means with random initialisation (as the authors' code), seeded.
 
     Args:
@@ -84,7 +84,7 @@ def _ranked_clusters(clustering: Clustering) -> dict[int, np.ndarray]:
     return ranked
 
 
-def select_subset(
+def choose_patches(
     clustering: Clustering,
     patch_nuclei: list[np.ndarray],
     target_share: float,
@@ -92,7 +92,7 @@ def select_subset(
     """Choose the fraction p whose nearest-to-centre patches hold ``target_share`` of the nuclei.
 
     Args:
-        clustering: from :func:`cluster_patches`.
+        clustering: from :func:`kmeans_clusters`.
         patch_nuclei: for each patch, an int64 array of global nucleus keys
             (unique per source image and instance id, see :func:`nucleus_keys`).
         target_share: wanted share of distinct nuclei in (0, 1]; 1 keeps all patches.
@@ -177,20 +177,20 @@ def patch_nuclei_keys(patches: pd.DataFrame, read_label) -> list[np.ndarray]:
     return keys
 
 
-def cluster_patch_features(
+def cluster_patches(
     features_npz: str | Path, out_csv: str | Path, *, n_clusters: int = 6, seed: int = 42, n_init: int = 10
 ) -> pd.DataFrame:
     """Rule ``cluster_patches``: cluster label and distance to its centre for every patch."""
     with np.load(features_npz) as saved:
         ids, features = saved["patch_id"], saved["features"]
-    clustering = cluster_patches(features, n_clusters=n_clusters, seed=seed, n_init=n_init)
+    clustering = kmeans_clusters(features, n_clusters=n_clusters, seed=seed, n_init=n_init)
     table = pd.DataFrame({"patch_id": ids, "cluster": clustering.labels, "distance": clustering.distances})
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     return table
 
 
-def write_labelled_subset(
+def select_subset(
     prepared_dir: str | Path,
     index_csv: str | Path,
     clusters_csv: str | Path,
@@ -212,7 +212,7 @@ def write_labelled_subset(
     labels_by_name = manifest.set_index("name")["label"]
     keys = patch_nuclei_keys(index, lambda name: read_instance_map(labels_by_name[name]))
     clustering = Clustering(labels=clusters["cluster"].to_numpy(), distances=clusters["distance"].to_numpy())
-    chosen, summary = select_subset(clustering, keys, percent / 100)
+    chosen, summary = choose_patches(clustering, keys, percent / 100)
     write_sample_table(real_samples(index.iloc[chosen], manifest), out_csv)
     with atomic_path(out_summary) as tmp:
         tmp.write_text(json.dumps({"percent": percent, **summary.to_dict()}, indent=2))

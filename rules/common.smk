@@ -7,6 +7,7 @@ from snakemake.utils import validate
 
 from nudiff.config import check_config, subset_key
 from nudiff.datasets.sources import list_source_items
+from nudiff.errors import ConfigError
 
 
 validate(config, schema="../config/schema.yaml")
@@ -104,10 +105,18 @@ GPU_RULES = {
 
 
 def rule_resources(rule_name):
-    """The rule's entry under config resources, over resources.default, over built-in defaults."""
+    """The rule's entry under config resources, over resources.default, over built-in defaults.
+
+    Every rule takes its threads and resources from here (and nowhere else), so
+    every key of config resources reaches a job; the schema lists the rule names.
+    """
     merged = dict(_RESOURCE_DEFAULTS, gpu=1 if rule_name in GPU_RULES else 0)
     merged.update(config["resources"].get("default", {}))
-    merged.update(config["resources"].get(rule_name, {}))
+    own = config["resources"].get(rule_name, {})
+    merged.update(own)
+    if "gpu_model" in own and merged["gpu"] == 0:
+        # A model for no GPU would be dropped without a word.
+        raise ConfigError(f"resources.{rule_name}.gpu_model: the rule asks for no GPU (gpu 0)")
     return merged
 
 

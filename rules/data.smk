@@ -8,6 +8,9 @@ rule make_demo_dataset:
         "logs/{dataset}/make_demo_dataset.log",
     params:
         demo=lambda wildcards: dataset_spec(wildcards).get("demo", {}),
+    threads: threads_for("make_demo_dataset")
+    resources:
+        **resources_for("make_demo_dataset"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -23,6 +26,9 @@ rule prepare_dataset:
         "logs/{dataset}/prepare_dataset.log",
     params:
         source=prepare_dataset_params,
+    threads: threads_for("prepare_dataset")
+    resources:
+        **resources_for("prepare_dataset"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -39,6 +45,9 @@ rule extract_patches:
     params:
         size=config["patches"]["size"],
         stride=config["patches"]["stride"],
+    threads: threads_for("extract_patches")
+    resources:
+        **resources_for("extract_patches"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -57,8 +66,9 @@ rule compute_features:
         "benchmarks/{dataset}/compute_features.tsv"
     params:
         features=config["features"],
+    threads: threads_for("compute_features")
     resources:
-        mem_mb=8000,
+        **resources_for("compute_features"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -74,6 +84,9 @@ rule cluster_patches:
         "logs/{dataset}/cluster_patches.log",
     params:
         selection=config["selection"],
+    threads: threads_for("cluster_patches")
+    resources:
+        **resources_for("cluster_patches"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -92,6 +105,9 @@ rule select_subset:
         "logs/{dataset}/{pct}pct/select_subset.log",
     params:
         percent=lambda wildcards: int(wildcards.pct),
+    threads: threads_for("select_subset")
+    resources:
+        **resources_for("select_subset"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -109,6 +125,9 @@ rule summarize_subsets:
         ),
     log:
         "logs/{dataset}/summarize_subsets.log",
+    threads: threads_for("summarize_subsets")
+    resources:
+        **resources_for("summarize_subsets"),
     conda:
         "../envs/nudiff.yaml"
     script:

@@ -261,6 +261,9 @@ rule build_augmented_set:
         "results/{dataset}/{pct}pct/trainsets/augmented.csv",
     log:
         "logs/{dataset}/{pct}pct/build_augmented_set.log",
+    threads: threads_for("build_augmented_set")
+    resources:
+        **resources_for("build_augmented_set"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -300,6 +303,9 @@ rule assess_synthetic_pairs:
         "logs/{dataset}/{pct}pct/assess_synthetic_pairs.log",
     params:
         seed=config["diffusion"]["sampling"]["seed"],
+    threads: threads_for("assess_synthetic_pairs")
+    resources:
+        **resources_for("assess_synthetic_pairs"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -383,6 +389,9 @@ rule compare_samplers:
         "logs/{dataset}/{pct}pct/compare_samplers.log",
     params:
         names=list(config["diffusion"]["compare_samplers"]["samplers"]),
+    threads: threads_for("compare_samplers")
+    resources:
+        **resources_for("compare_samplers"),
     conda:
         "../envs/nudiff.yaml"
     script:

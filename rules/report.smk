@@ -16,6 +16,9 @@ rule plot_per_image_metrics:
         "logs/{dataset}/{pct}pct/plot_per_image_metrics.log",
     group:
         "evaluate"
+    threads: threads_for("plot_per_image_metrics")
+    resources:
+        **resources_for("plot_per_image_metrics"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -39,6 +42,9 @@ rule plot_prediction_overlays:
         labels=lambda wildcards: list(overlay_predictions(wildcards)),
     group:
         "evaluate"
+    threads: threads_for("plot_prediction_overlays")
+    resources:
+        **resources_for("plot_prediction_overlays"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -57,6 +63,9 @@ rule make_table:
         "logs/make_table.log",
     params:
         paper_tables=paper_tables(),
+    threads: threads_for("make_table")
+    resources:
+        **resources_for("make_table"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -76,6 +85,9 @@ rule record_provenance:
         config=config,
         datasets=DATASETS,
         repo_dir=workflow.basedir,
+    threads: threads_for("record_provenance")
+    resources:
+        **resources_for("record_provenance"),
     conda:
         "../envs/nudiff.yaml"
     script:

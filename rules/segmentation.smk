@@ -74,6 +74,9 @@ rule score_predictions:
         },
     group:
         "evaluate"
+    threads: threads_for("score_predictions")
+    resources:
+        **resources_for("score_predictions"),
     conda:
         "../envs/nudiff.yaml"
     script:
@@ -101,6 +104,9 @@ rule summarize_metrics:
         "logs/{dataset}/{pct}pct/summarize_metrics.log",
     group:
         "evaluate"
+    threads: threads_for("summarize_metrics")
+    resources:
+        **resources_for("summarize_metrics"),
     conda:
         "../envs/nudiff.yaml"
     script:

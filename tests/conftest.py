@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nudiff.datasets.demo import generate_demo_dataset
+from nudiff.datasets.demo import make_demo_dataset
 from nudiff.datasets.prepare import prepare_dataset
 from nudiff.datasets.sources import list_source_items
 from nudiff.patches import build_patch_index
@@ -31,7 +31,7 @@ def one_torch_thread():
 def tiny_prepared(tmp_path_factory):
     """A prepared demo dataset: 2 training and 1 test image of 64x64."""
     root = tmp_path_factory.mktemp("tiny")
-    generate_demo_dataset(root / "source", seed=3, n_train=2, n_test=1, image_size=64)
+    make_demo_dataset(root / "source", seed=3, n_train=2, n_test=1, image_size=64)
     prepare_dataset(list_source_items("folder", root / "source"), root / "prepared")
     return root / "prepared"
 

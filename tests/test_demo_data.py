@@ -13,14 +13,14 @@ from skimage.measure import label as label_components
 from skimage.measure import regionprops
 
 from nudiff.datasets import demo
-from nudiff.datasets.demo import STYLES, generate_demo_dataset, generate_demo_tile
+from nudiff.datasets.demo import STYLES, generate_demo_tile, make_demo_dataset
 
 
 @pytest.fixture(scope="module")
 def default_dataset(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """The default dataset (8 train + 4 test tiles of 256x256), generated once."""
     out = tmp_path_factory.mktemp("demo") / "demo"
-    return out, generate_demo_dataset(out)
+    return out, make_demo_dataset(out)
 
 
 def _tiles(table: pd.DataFrame):
@@ -35,9 +35,9 @@ def _file_bytes(root: Path) -> dict[str, bytes]:
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
     kwargs = dict(n_train=2, n_test=1, image_size=96)
-    generate_demo_dataset(tmp_path / "a", seed=3, **kwargs)
-    generate_demo_dataset(tmp_path / "b", seed=3, **kwargs)
-    generate_demo_dataset(tmp_path / "c", seed=4, **kwargs)
+    make_demo_dataset(tmp_path / "a", seed=3, **kwargs)
+    make_demo_dataset(tmp_path / "b", seed=3, **kwargs)
+    make_demo_dataset(tmp_path / "c", seed=4, **kwargs)
     a, b, c = (_file_bytes(tmp_path / k) for k in "abc")
     assert len(a) == 2 * 3 + 1  # image + label per tile, plus styles.csv
     assert a == b
@@ -47,8 +47,8 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
 
 
 def test_tile_does_not_depend_on_size_of_other_split(tmp_path):
-    generate_demo_dataset(tmp_path / "a", n_train=1, n_test=1, image_size=64)
-    generate_demo_dataset(tmp_path / "b", n_train=1, n_test=3, image_size=64)
+    make_demo_dataset(tmp_path / "a", n_train=1, n_test=1, image_size=64)
+    make_demo_dataset(tmp_path / "b", n_train=1, n_test=3, image_size=64)
     name = "train/labels/train_000_lymphocytic.tif"
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -166,7 +166,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "generate_demo_tile", flaky)
     with pytest.raises(RuntimeError, match="tile generator failed"):
-        generate_demo_dataset(tmp_path / "demo", n_train=4, n_test=1, image_size=64)
+        make_demo_dataset(tmp_path / "demo", n_train=4, n_test=1, image_size=64)
     assert len(calls) == 3
     assert list(tmp_path.iterdir()) == []  # no out_dir, no temporary sibling
 
@@ -182,7 +182,7 @@ def test_failure_midway_leaves_no_output(tmp_path, monkeypatch):
 )
 def test_bad_arguments_name_the_value(tmp_path, kwargs, bad):
     with pytest.raises(ValueError, match=bad):
-        generate_demo_dataset(tmp_path / "demo", **kwargs)
+        make_demo_dataset(tmp_path / "demo", **kwargs)
     assert not (tmp_path / "demo").exists()
 
 

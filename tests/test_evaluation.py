@@ -11,7 +11,7 @@ import torch
 from tiny_models import train_tiny_segmenter
 
 from nudiff import evaluation
-from nudiff.datasets.demo import generate_demo_dataset
+from nudiff.datasets.demo import make_demo_dataset
 from nudiff.datasets.prepare import prepare_dataset, read_manifest
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import InputDataError
@@ -19,7 +19,7 @@ from nudiff.evaluation import (
     METRICS,
     score_predictions,
     segment_test_images,
-    summarize_scores,
+    summarize_metrics,
 )
 from nudiff.io.images import read_instance_map, write_instance_map
 
@@ -31,7 +31,7 @@ LABELS = {"dataset": "demo", "subset": "10pct", "model": "hovernet", "trainset":
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    generate_demo_dataset(root / "raw", n_train=1, n_test=2, image_size=64)
+    make_demo_dataset(root / "raw", n_train=1, n_test=2, image_size=64)
     prepare_dataset(list_source_items("folder", root / "raw"), root / "prepared")
     return root / "prepared"
 
@@ -112,7 +112,7 @@ def _per_image(path, seed, values):
 def test_summary_is_the_mean_over_test_images_per_run(tmp_path):
     a = _per_image(tmp_path / "a.csv", 0, [0.5, 0.7, 0.9])
     b = _per_image(tmp_path / "b.csv", 1, [0.2, 0.4, 0.6])
-    summary = summarize_scores([a, b], tmp_path / "metrics.csv", tmp_path / "per_image.csv")
+    summary = summarize_metrics([a, b], tmp_path / "metrics.csv", tmp_path / "per_image.csv")
     assert list(summary.columns) == [*LABELS, *METRICS, "n_images"]
     assert summary["seed"].tolist() == [0, 1] and summary["n_images"].tolist() == [3, 3]
     for metric in METRICS:  # hand-computed: (0.5 + 0.7 + 0.9) / 3 and (0.2 + 0.4 + 0.6) / 3
@@ -124,7 +124,7 @@ def test_summary_is_the_mean_over_test_images_per_run(tmp_path):
 def test_summary_refuses_an_image_scored_twice_and_writes_nothing(tmp_path):
     a = _per_image(tmp_path / "a.csv", 0, [0.5, 0.7])
     with pytest.raises(InputDataError, match="twice"):
-        summarize_scores([a, a], tmp_path / "metrics.csv", tmp_path / "per_image.csv")
+        summarize_metrics([a, a], tmp_path / "metrics.csv", tmp_path / "per_image.csv")
     assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "per_image.csv").exists()
     with pytest.raises(InputDataError, match="missing.csv"):
-        summarize_scores([a, tmp_path / "missing.csv"], tmp_path / "metrics.csv", tmp_path / "per_image.csv")
+        summarize_metrics([a, tmp_path / "missing.csv"], tmp_path / "metrics.csv", tmp_path / "per_image.csv")

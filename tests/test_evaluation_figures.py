@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from nudiff.datasets.demo import generate_demo_dataset
+from nudiff.datasets.demo import make_demo_dataset
 from nudiff.datasets.prepare import prepare_dataset
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import InputDataError
@@ -34,7 +34,7 @@ def _check_png(path, min_width=400):
 def prepared(tmp_path_factory):
     """A prepared demo dataset (3 test images) and two sets of perturbed predictions."""
     root = tmp_path_factory.mktemp("figures")
-    generate_demo_dataset(root / "source", n_train=1, n_test=3, image_size=96)
+    make_demo_dataset(root / "source", n_train=1, n_test=3, image_size=96)
     manifest = prepare_dataset(list_source_items("folder", root / "source"), root / "prepared")
     eroded, dilated = root / "pred_eroded", root / "pred_dilated"
     eroded.mkdir()

@@ -10,7 +10,7 @@ from skimage.measure import label
 from tiny_models import train_tiny_segmenter
 
 from nudiff.assessment import segmenter_agreement as agreement
-from nudiff.datasets.demo import generate_demo_dataset
+from nudiff.datasets.demo import make_demo_dataset
 from nudiff.datasets.prepare import prepare_dataset
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import InputDataError
@@ -22,7 +22,7 @@ MAPS = [discs([(8, 8), (8, 24)], 5, 32), discs([(24, 8)], 5, 32), discs([(24, 24
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("judge")
-    generate_demo_dataset(root / "raw", n_train=1, n_test=1, image_size=64)
+    make_demo_dataset(root / "raw", n_train=1, n_test=1, image_size=64)
     prepare_dataset(list_source_items("folder", root / "raw"), root / "prepared")
     return train_tiny_segmenter(root / "prepared", root)
 
@@ -54,7 +54,7 @@ def test_a_segmenter_that_sees_the_painted_nuclei_agrees_fully_and_chance_is_zer
     seen = lambda model, rgb, **kwargs: label(rgb[..., 0] < 150).astype(np.int32)  # noqa: E731
     monkeypatch.setattr(agreement, "predict_instances", seen)
     shards = [write_pairs(tmp_path / "p0.npz", MAPS[:2]), write_pairs(tmp_path / "p1.npz", MAPS[2:])]
-    summary = agreement.segmenter_agreement(model_file, shards, reference_csv, **outputs(tmp_path)).set_index("set")
+    summary = agreement.segment_synthetic_pairs(model_file, shards, reference_csv, **outputs(tmp_path)).set_index("set")
 
     real = summary.loc[agreement.REAL_TEST, ["n", "dice_mean", "aji_mean", "pq_median"]].tolist()
     assert real == pytest.approx([2, 0.7, 0.4, 0.3])  # the means of reference_csv
@@ -67,8 +67,8 @@ def test_a_segmenter_that_sees_the_painted_nuclei_agrees_fully_and_chance_is_zer
 
 def test_the_real_segmenter_runs_and_is_deterministic(tmp_path, model_file, reference_csv):
     shards = [write_pairs(tmp_path / "p.npz", MAPS)]
-    first = agreement.segmenter_agreement(model_file, shards, reference_csv, **outputs(tmp_path / "a"))
-    again = agreement.segmenter_agreement(model_file, shards, reference_csv, **outputs(tmp_path / "b"))
+    first = agreement.segment_synthetic_pairs(model_file, shards, reference_csv, **outputs(tmp_path / "a"))
+    again = agreement.segment_synthetic_pairs(model_file, shards, reference_csv, **outputs(tmp_path / "b"))
     pd.testing.assert_frame_equal(first, again)
     assert first["n"].tolist() == [2, 3, 3]
     assert first[["dice_mean", "aji_mean"]].apply(lambda s: s.between(0, 1)).all().all()
@@ -84,8 +84,8 @@ def test_bad_input_is_named_and_nothing_is_written(tmp_path, model_file, referen
         images=np.zeros((0, 32, 32, 3), np.uint8),
     )
     with pytest.raises(InputDataError, match="no synthetic pair"):
-        agreement.segmenter_agreement(model_file, [empty], reference_csv, **outputs(tmp_path))
+        agreement.segment_synthetic_pairs(model_file, [empty], reference_csv, **outputs(tmp_path))
     shards = [write_pairs(tmp_path / "p.npz", MAPS)]
     with pytest.raises(InputDataError, match="missing.csv"):
-        agreement.segmenter_agreement(model_file, shards, tmp_path / "missing.csv", **outputs(tmp_path))
+        agreement.segment_synthetic_pairs(model_file, shards, tmp_path / "missing.csv", **outputs(tmp_path))
     assert not (tmp_path / "summary.csv").exists() and not (tmp_path / "per_pair.csv").exists()

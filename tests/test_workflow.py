@@ -6,6 +6,8 @@ run it from a checkout, so that nothing here touches the repository's results/.
 
 from __future__ import annotations
 
+import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -149,3 +151,74 @@ def test_lint_is_clean(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     result = snakemake(tmp_path, "--lint")
     assert "Congratulations" in result.stdout + result.stderr
+
+
+def workflow_rules() -> list[str]:
+    """Every rule of rules/*.smk, by name."""
+    return sorted(
+        line.split()[1].rstrip(":")
+        for smk in (REPO / "rules").glob("*.smk")
+        for line in smk.read_text().splitlines()
+        if line.startswith("rule ")
+    )
+
+
+def planned_resources(dry_run: str) -> dict[str, set[tuple[int, int, int]]]:
+    """Rule name -> the (threads, mem_mb, runtime) of its jobs in a dry run's output."""
+    planned: dict[str, set[tuple[int, int, int]]] = {}
+    for block in re.split(r"^\s*rule ", dry_run, flags=re.MULTILINE)[1:]:
+        name = block.split(":", 1)[0]
+        threads = re.search(r"^\s*threads: (\d+)$", block, re.MULTILINE)
+        mem = re.search(r"\bmem_mb=(\d+)", block)
+        runtime = re.search(r"\bruntime=(\d+)", block)
+        chosen = (int(threads[1]) if threads else 1, int(mem[1]) if mem else 0, int(runtime[1]) if runtime else 0)
+        planned.setdefault(name, set()).add(chosen)
+    return planned
+
+
+def test_the_schema_lists_exactly_the_rules_for_resources():
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+    names = schema["properties"]["resources"]["propertyNames"]["enum"]
+    assert sorted(names) == sorted(["default", *workflow_rules()])
+    gpu_rules = re.search(r"^GPU_RULES = (\{.*?\})", (REPO / "rules" / "common.smk").read_text(), re.S | re.M)
+    assert set(ast.literal_eval(gpu_rules[1])) <= set(workflow_rules())
+
+
+def test_every_rule_takes_its_resources_from_config(tmp_path):
+    """A distinct resources entry for each rule reaches each of its jobs; unset keys come
+    from resources.default."""
+    rules = workflow_rules()
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["resources"] = {"default": {"runtime": 7}}
+    expected = {}
+    for i, name in enumerate(rules):
+        expected[name] = (2 + i, 10_000 + i, 7 if i % 2 else 100 + i)
+        entry = {"threads": 2 + i, "mem_mb": 10_000 + i}
+        if not i % 2:
+            entry["runtime"] = 100 + i
+        config["resources"][name] = entry
+    custom = tmp_path / "resources.yaml"
+    custom.write_text(yaml.safe_dump(config))
+    out = snakemake(tmp_path, "-n", "--cores", "64", config=custom).stdout
+    planned = planned_resources(out)
+    assert sorted(set(planned) - {"all"}) == rules
+    for name in rules:
+        assert planned[name] == {expected[name]}, name
+
+
+def test_a_resources_entry_for_no_rule_is_named(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["resources"]["compute_feature"] = {"mem_mb": 12345}  # the rule is compute_features
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", config=bad, check=False)
+    assert result.returncode != 0 and "compute_feature'" in result.stdout + result.stderr
+
+
+def test_a_gpu_model_for_a_rule_without_gpu_is_named(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    config["resources"]["make_table"] = {"gpu_model": "a100"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "-n", config=bad, check=False)
+    assert result.returncode != 0 and "resources.make_table.gpu_model" in result.stdout + result.stderr

@@ -2,6 +2,6 @@ from nudiff.logs import configure_logging
 
 configure_logging(snakemake.log[0])
 
-from nudiff.datasets.demo import generate_demo_dataset
+from nudiff.datasets.demo import make_demo_dataset
 
-generate_demo_dataset(snakemake.output[0], **snakemake.params.demo)
+make_demo_dataset(snakemake.output[0], **snakemake.params.demo)

@@ -2,10 +2,10 @@ from nudiff.runtime import start_job
 
 start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
 
-from nudiff.assessment.segmenter_agreement import segmenter_agreement
+from nudiff.assessment.segmenter_agreement import segment_synthetic_pairs
 from nudiff.config import resolve_device
 
-segmenter_agreement(
+segment_synthetic_pairs(
     snakemake.input.model,
     list(snakemake.input.pairs),
     snakemake.input.reference,

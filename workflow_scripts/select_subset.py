@@ -2,9 +2,9 @@ from nudiff.logs import configure_logging
 
 configure_logging(snakemake.log[0])
 
-from nudiff.subsets import write_labelled_subset
+from nudiff.subsets import select_subset
 
-write_labelled_subset(
+select_subset(
     snakemake.input.prepared,
     snakemake.input.index,
     snakemake.input.clusters,

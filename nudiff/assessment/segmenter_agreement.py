@@ -85,7 +85,7 @@ def judge_images(
     return score_against_maps(predictions, list(maps))
 
 
-def segmenter_agreement(
+def segment_synthetic_pairs(
     model_file: PathLike,
     pair_shards: Sequence[PathLike],
     reference_scores_csv: PathLike,

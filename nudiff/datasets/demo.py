@@ -327,7 +327,7 @@ def generate_demo_tile(rng: np.random.Generator, size: int, style: Style) -> tup
     return rgb, relabel_sequential(inst)[0].astype(np.int32)
 
 
-def generate_demo_dataset(
+def make_demo_dataset(
     out_dir: str | os.PathLike,
     *,
     seed: int = 0,

@@ -12,13 +12,14 @@ while the encoder is exactly the unconditional one and never sees the structure.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nudiff.config import from_mapping
 from nudiff.diffusion.blocks import (
     AttentionBlock,
     BlockSequence,
@@ -123,10 +124,7 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
         """Inverse of ``to_dict``; unknown keys raise ``ConfigError`` naming them."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown UNetConfig keys: {', '.join(unknown)}")
-        return cls(**data)
+        return from_mapping(cls, data, "UNetConfig")
 
 
 class UNet(nn.Module):

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from nudiff.config import from_mapping
+
 Mode = Literal["fast", "original"]
 _RESNET50 = {"encoder_blocks": (3, 4, 6, 3), "stem_channels": 64, "encoder_widths": (256, 512, 1024, 2048)}
 
@@ -137,10 +139,8 @@ class HoVerNetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HoVerNetConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown HoVerNetConfig fields: {unknown}")
-        return cls(**data)
+        """Inverse of ``to_dict``; unknown keys raise ``ConfigError`` naming them."""
+        return from_mapping(cls, data, "HoVerNetConfig")
 
     @classmethod
     def scaled(cls, width: float, **changes: Any) -> HoVerNetConfig:

@@ -8,7 +8,7 @@
     ``nuclei_structure`` per 256x256 patch (what every training step computes per sample);
 (c) ``prepare_dataset`` of the training images into a temporary folder, ``build_patch_index``
     (256 px, stride 128) and ResNet50 features (weights "none", resize 256, crop 224, batch 32)
-    of every patch through ``compute_patch_features``: total seconds and patches per second.
+    of every patch through ``compute_features``: total seconds and patches per second.
 
 Run on demand (not collected by pytest):
 
@@ -211,7 +211,7 @@ def structure_section(summary: dict) -> str:
 def bench_patches(train_dir: Path, n_images: int | None, batch_size: int, seed: int) -> dict:
     from nudiff.datasets.prepare import prepare_dataset
     from nudiff.datasets.sources import list_source_items
-    from nudiff.features import compute_patch_features
+    from nudiff.features import compute_features
     from nudiff.patches import build_patch_index, write_patch_index
 
     items = list_source_items("monuseg", train_dir.parent, splits=("train",))[:n_images]
@@ -221,7 +221,7 @@ def bench_patches(train_dir: Path, n_images: int | None, batch_size: int, seed: 
         index, t_index = timed(build_patch_index, manifest, size=256, stride=128)
         write_patch_index(index, Path(tmp) / "patches.csv")
         features, t_features = timed(
-            compute_patch_features,
+            compute_features,
             prepared,
             Path(tmp) / "patches.csv",
             Path(tmp) / "features.npz",

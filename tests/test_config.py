@@ -1,0 +1,112 @@
+"""The workflow configuration: its schema's defaults are the library's, and reading it
+(what the Snakefile and rules/*.smk import) needs no torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nudiff.datasets.demo import make_demo_dataset
+from nudiff.diffusion.synthesis import CleanupSettings, SamplingSettings
+from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig
+from nudiff.diffusion.unet import UNetConfig
+from nudiff.evaluation import segment_test_images
+from nudiff.features import extract_features
+from nudiff.patches import extract_patches
+from nudiff.segmentation.hovernet_config import HoVerNetConfig
+from nudiff.segmentation.train import SegmenterTraining
+from nudiff.structure import instances_from_structure
+from nudiff.subsets import cluster_patches
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "config" / "schema.yaml").read_text())
+PROPS = SCHEMA["properties"]
+
+# Schema section -> what in nudiff takes its keys, and the keys only the workflow reads.
+# "device": the library takes a torch device; the schema's "auto" is resolved by the
+# workflow script (nudiff.config.resolve_device) before the call.
+CONSUMERS = {
+    "$defs.unet": (UNetConfig, set()),
+    "$defs.hovernet_network": (HoVerNetConfig, set()),
+    "$defs.segmenter_training": (SegmenterTraining, set()),
+    "$defs.diffusion_training": (DiffusionTraining, set()),
+    "patches": (extract_patches, set()),
+    "features": (extract_features, {"device"}),
+    "selection": (cluster_patches, set()),
+    "watershed": (instances_from_structure, set()),
+    "diffusion.schedule": (ScheduleConfig, set()),
+    "diffusion.sampling": (SamplingSettings, {"shards"}),  # rules/common.smk n_shards
+    "diffusion.cleanup": (CleanupSettings, set()),
+    "segmentation.hovernet.inference": (segment_test_images, set()),
+    "datasets.*.demo": (make_demo_dataset, set()),
+}
+
+
+def schema_section(path: str) -> dict:
+    if path.startswith("$defs."):
+        return SCHEMA["$defs"][path.removeprefix("$defs.")]
+    node = {"properties": PROPS}
+    for part in path.split("."):
+        node = node["additionalProperties"] if part == "*" else node["properties"][part]
+    return node
+
+
+def code_defaults(consumer) -> dict:
+    """Field or keyword defaults of a dataclass or function, tuples as lists (as in YAML)."""
+    if dataclasses.is_dataclass(consumer):
+        found = {f.name: f.default for f in dataclasses.fields(consumer) if f.default is not dataclasses.MISSING}
+    else:
+        params = inspect.signature(consumer).parameters.values()
+        found = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in found.items()}
+
+
+@pytest.mark.parametrize("path", sorted(CONSUMERS))
+def test_every_schema_default_is_the_code_default(path):
+    consumer, workflow_only = CONSUMERS[path]
+    defaults = code_defaults(consumer)
+    schema = {key: spec["default"] for key, spec in schema_section(path)["properties"].items() if "default" in spec}
+    assert schema, path
+    for key, value in schema.items():
+        if key in workflow_only:
+            continue
+        assert key in defaults, f"{path}.{key}: nothing in {consumer.__qualname__} takes it"
+        assert value == defaults[key], f"{path}.{key}: schema {value!r}, {consumer.__qualname__} {defaults[key]!r}"
+
+
+def test_the_image_model_stages_differ_from_the_structure_model_only_where_they_say():
+    """The two image-model stages are the structure model's training keys with a few
+    overrides (the paper's image-model values), described in their own entries."""
+    base = SCHEMA["$defs"]["diffusion_training"]["properties"]
+    for stage in ("image_conditional_training", "image_guided_training"):
+        props = SCHEMA["$defs"][stage]["properties"]
+        assert set(props) == set(base), stage
+        changed = {key for key in props if props[key] != base[key]}
+        assert changed <= {"iterations", "batch_size", "lr", "drop_rate"}, (stage, changed)
+
+
+def dag_imports() -> list[str]:
+    """The nudiff import lines of the Snakefile and rules/*.smk."""
+    files = [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]
+    return [
+        line.strip()
+        for path in files
+        for line in path.read_text().splitlines()
+        if re.match(r"\s*(from nudiff\S* import|import nudiff)", line)
+    ]
+
+
+def test_building_the_dag_imports_no_torch():
+    """Snakemake imports these on every DAG build; torch would add over a second to each."""
+    imports = dag_imports()
+    assert imports
+    code = "\n".join([*imports, "import sys", "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]", imports
