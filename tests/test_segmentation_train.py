@@ -3,7 +3,12 @@ and that the weights kept by validation are the ones saved."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,10 +27,10 @@ from nudiff.segmentation import HoVerNet, HoVerNetConfig
 from nudiff.segmentation import train as train_module
 from nudiff.segmentation.augment import augment_pair, blur_or_noise, colour_jitter, random_affine
 from nudiff.segmentation.train import (
+    BatchStream,
     PhaseSchedule,
     SegmenterTraining,
     StepBatches,
-    batch_stream,
     load_segmenter,
     train_segmenter,
 )
@@ -547,7 +552,7 @@ def step_batches(seed: int = 0, **changes) -> StepBatches:
 
 
 def collect(batches: StepBatches, first: int, last: int, workers: int) -> list[dict]:
-    return list(batch_stream(batches, first, last, workers=workers))
+    return list(BatchStream(batches, first, last, workers=workers))
 
 
 def assert_same_batches(a: list[dict], b: list[dict]) -> None:
@@ -592,6 +597,37 @@ def test_real_samples_of_a_step_do_not_depend_on_the_synthetic_extras():
         assert torch.equal(a["images"][:3], b["images"]) and torch.equal(a["structures"][:3], b["structures"])
 
 
+EXIT_WITH_AN_OPEN_STREAM = """
+import numpy as np
+from nudiff.segmentation.train import BatchStream, StepBatches
+
+rng = np.random.default_rng(0)
+rgb, inst = rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 3, (4, 32, 32))
+batches = StepBatches(rgb, inst, np.arange(4), batch_size=2, seed=0, augment=True, jitter={})
+stream = BatchStream(batches, 1, 100, workers=2)
+assert next(stream)["step"] == 1
+print("left open")
+"""
+
+
+def test_closing_a_stream_stops_its_workers_and_exit_closes_open_ones():
+    """close() ends the workers; a process that exits with a stream open (a run stopped by a
+    signal) still exits, although its workers ignore the SIGTERM of multiprocessing's exit handler."""
+    earlier = set(multiprocessing.active_children())
+    stream = BatchStream(step_batches(), 1, 50, workers=2)
+    assert next(stream)["step"] == 1
+    workers = [w for w in multiprocessing.active_children() if w not in earlier]
+    assert len(workers) == 2
+    stream.close()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert not any(worker.is_alive() for worker in workers)
+    with pytest.raises(StopIteration):
+        next(stream)
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_AN_OPEN_STREAM], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "left open", done.stderr
+
+
 def test_training_with_loader_workers_gives_the_same_weights(tmp_path):
     """2 loader workers train the same weights and losses as batches built in the process."""
     samples = sample_table(tmp_path)
@@ -629,6 +665,37 @@ def test_a_run_stopped_with_workers_resumes_with_other_workers_to_the_same_weigh
     history = pd.read_csv(tmp_path / "run_loss.csv")
     assert history["step"].tolist() == list(range(1, 7))
     assert history["loss"].equals(pd.read_csv(tmp_path / "ref_loss.csv")["loss"])
+
+
+def test_a_stop_signal_to_every_process_of_the_job_still_checkpoints(tmp_path, monkeypatch):
+    """Slurm sends SIGTERM to every process of a job, the loader workers too: they ignore it, the
+    training process checkpoints after its step, and the resumed run ends like an uninterrupted one."""
+    samples = sample_table(tmp_path)
+    run(tmp_path, samples, "ref", loader_workers=0, iterations=4)
+    calls = {"n": 0}
+    loss = train_module.hovernet_loss
+    earlier = set(multiprocessing.active_children())  # workers of earlier tests not yet collected
+
+    def stop_everyone(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            workers = [w for w in multiprocessing.active_children() if w not in earlier]
+            assert len(workers) == 2
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGTERM)
+            time.sleep(1.0)  # a worker killed by it would be reported here, by the loader's SIGCHLD handler
+            assert all(worker.is_alive() for worker in workers)
+            signal.raise_signal(signal.SIGTERM)
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "hovernet_loss", stop_everyone)
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, samples, "run", loader_workers=2, iterations=4)
+    assert CheckpointStore(tmp_path / "ckpt_run").steps()[-1] == 2
+    run(tmp_path, samples, "run", loader_workers=2, iterations=4)
+    ref, resumed = load_state(tmp_path / "ref.pt"), load_state(tmp_path / "run.pt")
+    for key, value in ref["state"].items():
+        assert torch.equal(value, resumed["state"][key]), key
 
 
 def test_loader_workers_setting():

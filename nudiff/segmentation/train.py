@@ -20,12 +20,15 @@ the same batches for any number of workers and after a resume.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import signal
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -302,22 +305,64 @@ class StepBatches(Dataset):
         return {"step": step, "images": _to_batch(images), "structures": _to_batch(structures)}
 
 
-def batch_stream(
-    batches: StepBatches, first: int, last: int, *, workers: int = 0, pin_memory: bool = False
-) -> Iterator[dict[str, Any]]:
-    """The batches of steps ``first..last`` in order, built by ``workers`` processes (0: here)."""
-    loader = DataLoader(
-        batches,
-        batch_size=None,  # an item is already a batch
-        sampler=range(first, last + 1),
-        num_workers=workers,
-        prefetch_factor=2 if workers else None,
-        pin_memory=pin_memory,
-        # the loader draws its workers' base seed from this generator, not from torch's global RNG
-        # (which the checkpoints hold); the batches never use that seed
-        generator=torch.Generator(),
-    )
-    return iter(loader)
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Slurm signals every process of the job. The training process checkpoints and stops after
+    # its step; a worker killed first would make the loader raise in it mid-step instead.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class BatchStream:
+    """The batches of steps ``first..last`` in order, built by ``workers`` processes (0: here).
+
+    The workers ignore SIGTERM and SIGINT, so multiprocessing's exit handler, which stops
+    daemonic children with SIGTERM and then waits for them, cannot end them: :meth:`close` does,
+    and streams still open when the interpreter exits (a run stopped by a signal) are closed by
+    an exit handler registered after multiprocessing's, which therefore runs before it.
+    """
+
+    _open: ClassVar[weakref.WeakSet[BatchStream]] = weakref.WeakSet()
+    _exit_hook = False
+
+    def __init__(
+        self, batches: StepBatches, first: int, last: int, *, workers: int = 0, pin_memory: bool = False
+    ) -> None:
+        loader = DataLoader(
+            batches,
+            batch_size=None,  # an item is already a batch
+            sampler=range(first, last + 1),
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+            pin_memory=pin_memory,
+            worker_init_fn=_ignore_stop_signals,
+            # the loader draws its workers' base seed from this generator, not from torch's global
+            # RNG (which the checkpoints hold); the batches never use that seed
+            generator=torch.Generator(),
+        )
+        self._batches: Iterator[dict[str, Any]] | None = iter(loader)
+        if workers:
+            if not BatchStream._exit_hook:
+                atexit.register(BatchStream.close_all)
+                BatchStream._exit_hook = True
+            BatchStream._open.add(self)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._batches is None:
+            raise StopIteration
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop the workers (the loader's iterator shuts them down when it is released)."""
+        self._batches = None
+        BatchStream._open.discard(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for stream in list(cls._open):
+            stream.close()
 
 
 def train_segmenter(
@@ -401,7 +446,7 @@ def train_segmenter(
     )
     workers = cfg.workers(device)
     logger.info("batches prepared by %s", f"{workers} loader worker(s)" if workers else "the training process")
-    stream: Iterator[dict[str, Any]] | None = None
+    stream: BatchStream | None = None
 
     def step(model: HoVerNet, generator: torch.Generator) -> torch.Tensor:
         nonlocal stream
@@ -409,10 +454,12 @@ def train_segmenter(
         k = schedule.step + 1
         if stream is None:  # started here, after any resume: the schedule knows the first step
             on_cuda = torch.device(device).type == "cuda"
-            stream = batch_stream(batches, k, cfg.iterations, workers=workers, pin_memory=on_cuda)
+            stream = BatchStream(batches, k, cfg.iterations, workers=workers, pin_memory=on_cuda)
         batch = next(stream)
         if batch["step"] != k:
             raise RuntimeError(f"batch of step {batch['step']} arrived for step {k}")
+        if k == cfg.iterations:  # the workers are not needed for validation and saving
+            stream.close()
         x = batch["images"].to(device, non_blocking=True).float().div_(255.0)
         targets = structure_to_targets(batch["structures"].to(device, non_blocking=True))
         return hovernet_loss(model(x), targets)[0]

@@ -3,7 +3,7 @@
 What ``train_segmenter`` does per step, without the network: :class:`StepBatches` builds batch
 ``k`` (HoVer-Net's augmentations at their defaults: affine warp, flips, blur/noise, colour
 jitter; then the nuclei structure of every sample) from real MoNuSeg patches, and
-:func:`batch_stream` delivers the batches of steps 1, 2, ... with ``--workers`` processes. The
+:class:`BatchStream` delivers the batches of steps 1, 2, ... with ``--workers`` processes. The
 training process stands in for the GPU: after each batch it sleeps ``--step-seconds`` (default
 0.06 s, the estimated GPU step of the paper's Hover-Net at batch 8), which leaves its core free
 as a GPU step would. Per configuration, in a fresh subprocess:
@@ -60,7 +60,7 @@ def children_cpu() -> float:
 
 
 def loader_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from nudiff.segmentation.train import SegmenterTraining, StepBatches, batch_stream
+    from nudiff.segmentation.train import BatchStream, SegmenterTraining, StepBatches
 
     cfg = SegmenterTraining()
     jitter = {k: getattr(cfg, k) for k in ("brightness", "contrast", "saturation", "hue", "affine", "blur_noise")}
@@ -79,7 +79,7 @@ def loader_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     cpu0, children0 = time.process_time(), children_cpu()
     waits, arrivals = [], []
-    stream = batch_stream(batches, 1, warmup + steps, workers=spec["workers"])
+    stream = BatchStream(batches, 1, warmup + steps, workers=spec["workers"])
     for k in range(1, warmup + steps + 1):
         start = time.perf_counter()
         batch = next(stream)
