@@ -3,12 +3,20 @@ and that the weights kept by validation are the ones saved."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from scipy import ndimage
 
 from nudiff.errors import ConfigError, InputDataError
@@ -19,8 +27,10 @@ from nudiff.segmentation import HoVerNet, HoVerNetConfig
 from nudiff.segmentation import train as train_module
 from nudiff.segmentation.augment import augment_pair, blur_or_noise, colour_jitter, random_affine
 from nudiff.segmentation.train import (
+    BatchStream,
     PhaseSchedule,
     SegmenterTraining,
+    StepBatches,
     load_segmenter,
     train_segmenter,
 )
@@ -526,3 +536,192 @@ def test_bad_settings_and_files_are_named(tmp_path):
     save_state(tmp_path / "other.pt", {"model": "pffnet"})
     with pytest.raises(InputDataError, match="other.pt"):
         load_segmenter(tmp_path / "other.pt")
+
+
+# ---------------------------------------------------------------- batches by step and loader workers
+
+
+def step_batches(seed: int = 0, **changes) -> StepBatches:
+    """Paired batches of 3 real + 2 synthetic 32-px samples with every augmentation on."""
+    pairs = [disc_image(k, 32) for k in range(6)]
+    rgb, inst = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    jitter = {"affine": True, "blur_noise": True}
+    base = {"batch_size": 3, "seed": seed, "augment": True, "jitter": jitter}
+    extra = {"synthetic_rows": np.array([4, 5]), "per_batch_synthetic": 2}
+    return StepBatches(rgb, inst, np.arange(4), **{**base, **extra, **changes})
+
+
+def collect(batches: StepBatches, first: int, last: int, workers: int) -> list[dict]:
+    return list(BatchStream(batches, first, last, workers=workers))
+
+
+def assert_same_batches(a: list[dict], b: list[dict]) -> None:
+    assert [x["step"] for x in a] == [x["step"] for x in b]
+    for x, y in zip(a, b):
+        for key in ("images", "structures"):
+            assert x[key].dtype == y[key].dtype and torch.equal(x[key], y[key]), (x["step"], key)
+
+
+def test_batches_are_the_same_with_and_without_loader_workers():
+    """Steps 1..6 built in this process, by 2 worker processes and one by one by index agree bit
+    for bit; the batches hold 3 + 2 samples, differ from step to step and from seed to seed."""
+    batches = step_batches()
+    here, workers = collect(batches, 1, 6, 0), collect(batches, 1, 6, 2)
+    assert_same_batches(here, workers)
+    assert_same_batches(here, [batches[k] for k in range(1, 7)])
+    assert here[0]["images"].shape == (5, 3, 32, 32) and here[0]["images"].dtype == torch.uint8
+    assert here[0]["structures"].shape == (5, 3, 32, 32)
+    assert len({x["images"].numpy().tobytes() for x in here}) == 6
+    assert not torch.equal(step_batches(seed=1)[1]["images"], here[0]["images"])
+
+
+def test_a_resumed_stream_continues_with_the_same_batches():
+    """Starting at step 4 (a resume) gives the batches 4..8 of the stream started at step 1,
+    with any workers on either side, and leaves torch's global RNG (checkpointed) untouched."""
+    batches = step_batches()
+    full = collect(batches, 1, 8, 0)
+    before = torch.get_rng_state()
+    resumed = collect(batches, 4, 8, 2)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert_same_batches(full[3:], resumed)
+    assert_same_batches(full[3:], collect(batches, 4, 8, 1))
+
+
+def test_real_samples_of_a_step_do_not_depend_on_the_synthetic_extras():
+    """The real part of a paired batch is the batch of a run without synthetic rows (the
+    labelled twin), step by step; the extras come from their own stream."""
+    paired, labelled = step_batches(), step_batches(synthetic_rows=None, per_batch_synthetic=0)
+    for k in range(1, 5):
+        a, b = paired[k], labelled[k]
+        assert a["images"].shape[0] == 5 and b["images"].shape[0] == 3
+        assert torch.equal(a["images"][:3], b["images"]) and torch.equal(a["structures"][:3], b["structures"])
+
+
+EXIT_WITH_AN_OPEN_STREAM = """
+import numpy as np
+from nudiff.segmentation.train import BatchStream, StepBatches
+
+rng = np.random.default_rng(0)
+rgb, inst = rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 3, (4, 32, 32))
+batches = StepBatches(rgb, inst, np.arange(4), batch_size=2, seed=0, augment=True, jitter={})
+stream = BatchStream(batches, 1, 100, workers=2)
+assert next(stream)["step"] == 1
+print("left open")
+"""
+
+
+def test_closing_a_stream_stops_its_workers_and_exit_closes_open_ones():
+    """close() ends the workers; a process that exits with a stream open (a run stopped by a
+    signal) still exits, although its workers ignore the SIGTERM of multiprocessing's exit handler."""
+    earlier = set(multiprocessing.active_children())
+    stream = BatchStream(step_batches(), 1, 50, workers=2)
+    assert next(stream)["step"] == 1
+    workers = [w for w in multiprocessing.active_children() if w not in earlier]
+    assert len(workers) == 2
+    stream.close()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert not any(worker.is_alive() for worker in workers)
+    with pytest.raises(StopIteration):
+        next(stream)
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_AN_OPEN_STREAM], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "left open", done.stderr
+
+
+def test_training_with_loader_workers_gives_the_same_weights(tmp_path):
+    """2 loader workers train the same weights and losses as batches built in the process."""
+    samples = sample_table(tmp_path)
+    run(tmp_path, samples, "w0", loader_workers=0, iterations=4)
+    run(tmp_path, samples, "w2", loader_workers=2, iterations=4)
+    a, b = load_state(tmp_path / "w0.pt"), load_state(tmp_path / "w2.pt")
+    for key, value in a["state"].items():
+        assert torch.equal(value, b["state"][key]), key
+    columns = ["step", "loss", "lr"]
+    assert pd.read_csv(tmp_path / "w0_loss.csv")[columns].equals(pd.read_csv(tmp_path / "w2_loss.csv")[columns])
+
+
+def test_a_run_stopped_with_workers_resumes_with_other_workers_to_the_same_weights(tmp_path, monkeypatch):
+    """Stopped at step 3 with 2 workers, resumed with 1 (the checkpoint is kept: the workers are
+    not part of its fingerprint): the weights of an uninterrupted run without workers."""
+    samples = sample_table(tmp_path)
+    run(tmp_path, samples, "ref", loader_workers=0, validate_every=3)
+    calls = {"n": 0}
+    loss = train_module.hovernet_loss
+
+    def stopping_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "hovernet_loss", stopping_loss)
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, samples, "run", loader_workers=2, validate_every=3)
+    run(tmp_path, samples, "run", loader_workers=1, validate_every=3)
+    assert calls["n"] == 6  # steps 4-6 only: resumed, not restarted
+    ref, resumed = load_state(tmp_path / "ref.pt"), load_state(tmp_path / "run.pt")
+    for key, value in ref["state"].items():
+        assert torch.equal(value, resumed["state"][key]), key
+    history = pd.read_csv(tmp_path / "run_loss.csv")
+    assert history["step"].tolist() == list(range(1, 7))
+    assert history["loss"].equals(pd.read_csv(tmp_path / "ref_loss.csv")["loss"])
+
+
+def test_a_stop_signal_to_every_process_of_the_job_still_checkpoints(tmp_path, monkeypatch):
+    """Slurm sends SIGTERM to every process of a job, the loader workers too: they ignore it, the
+    training process checkpoints after its step, and the resumed run ends like an uninterrupted one."""
+    samples = sample_table(tmp_path)
+    run(tmp_path, samples, "ref", loader_workers=0, iterations=4)
+    calls = {"n": 0}
+    loss = train_module.hovernet_loss
+    earlier = set(multiprocessing.active_children())  # workers of earlier tests not yet collected
+
+    def stop_everyone(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            workers = [w for w in multiprocessing.active_children() if w not in earlier]
+            assert len(workers) == 2
+            for worker in workers:
+                os.kill(worker.pid, signal.SIGTERM)
+            time.sleep(1.0)  # a worker killed by it would be reported here, by the loader's SIGCHLD handler
+            assert all(worker.is_alive() for worker in workers)
+            signal.raise_signal(signal.SIGTERM)
+        return loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "hovernet_loss", stop_everyone)
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path, samples, "run", loader_workers=2, iterations=4)
+    assert CheckpointStore(tmp_path / "ckpt_run").steps()[-1] == 2
+    run(tmp_path, samples, "run", loader_workers=2, iterations=4)
+    ref, resumed = load_state(tmp_path / "ref.pt"), load_state(tmp_path / "run.pt")
+    for key, value in ref["state"].items():
+        assert torch.equal(value, resumed["state"][key]), key
+
+
+def test_loader_workers_setting():
+    """'auto' is the job's threads - 1 on CUDA (0 with one thread) and 0 on the CPU; a number is
+    taken as it is; anything else names the key. The schema's defaults are the dataclass's."""
+    assert SegmenterTraining().loader_workers == "auto"
+    assert SegmenterTraining().workers("cpu") == 0
+    assert SegmenterTraining(loader_workers=3).workers("cpu") == 3
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert SegmenterTraining().workers("cuda") == 3
+        torch.set_num_threads(1)
+        assert SegmenterTraining().workers("cuda:0") == 0
+    finally:
+        torch.set_num_threads(previous)
+    for bad in (-1, "many", True, 1.5):
+        with pytest.raises(ConfigError, match="training.loader_workers"):
+            SegmenterTraining(loader_workers=bad)
+    assert "loader_workers" not in SegmenterTraining(loader_workers=2).fingerprint()
+    assert SegmenterTraining(loader_workers=2).fingerprint() == SegmenterTraining().fingerprint()
+    schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
+    properties = schema["$defs"]["segmenter_training"]["properties"]
+    defaults = asdict(SegmenterTraining())
+    for name, spec in properties.items():
+        expected = defaults[name]
+        if isinstance(expected, float):  # the schema rounds 26/255 and 8/180
+            expected = pytest.approx(expected, abs=1e-5)
+        assert spec["default"] == expected, name

@@ -12,19 +12,28 @@ new optimiser; in each phase ``StepLR(25)`` divides the lr by 10 half-way. Here 
 first ``freeze_encoder_fraction`` of the iterations and the lr drops 10x at ``lr_decay_at`` of
 each phase. Validation on held-out source images (:mod:`nudiff.segmentation.validation`) keeps
 the weights of the best mean (Dice + AJI) / 2; those are the weights saved.
+
+Batches are built by :class:`StepBatches`: batch ``k`` is a function of ``(seed, k)`` alone, so
+DataLoader worker processes can prepare the coming batches while the accelerator trains, with
+the same batches for any number of workers and after a resume.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
+import signal
+import weakref
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from nudiff.config import from_mapping
 from nudiff.errors import ConfigError, InputDataError
@@ -92,6 +101,11 @@ class SegmenterTraining:
         brightness, contrast, saturation, hue: colour jitter strengths (HoVer-Net's ranges, see
             :func:`nudiff.segmentation.augment.colour_jitter`).
         checkpoint_every, keep_checkpoints, log_every: the loop's settings.
+        loader_workers: DataLoader worker processes that prepare the batches (augmentation and
+            targets) ahead of the training step; 0 prepares them in the training process.
+            ``"auto"``: the job's torch threads - 1 on a CUDA device (the training process
+            mostly waits for the GPU), 0 on the CPU (there the step already uses every thread
+            of the job). The batches are the same for any value.
         seed: seeds the weights, the validation split and every batch draw.
         watershed: keyword arguments of ``instances_from_structure`` used for validation (and
             by default at test time).
@@ -119,6 +133,7 @@ class SegmenterTraining:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 100
+    loader_workers: int | str = "auto"
     seed: int = 0
     watershed: dict[str, Any] = field(default_factory=dict)
 
@@ -145,6 +160,9 @@ class SegmenterTraining:
             raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not isinstance(self.watershed, dict):
             raise ConfigError(f"training.watershed must be a mapping, got {self.watershed!r}")
+        workers = self.loader_workers
+        if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+            raise ConfigError(f"training.loader_workers must be 'auto' or an integer >= 0, got {workers!r}")
         object.__setattr__(self, "watershed", dict(self.watershed))
 
     def with_epochs(self, n_patches: int) -> SegmenterTraining:
@@ -152,6 +170,20 @@ class SegmenterTraining:
         if self.epochs is None:
             return self
         return replace(self, iterations=max(1, math.ceil(self.epochs * n_patches / self.batch_size)))
+
+    def workers(self, device: str | torch.device) -> int:
+        """The DataLoader workers of this run on ``device`` (``loader_workers`` resolved)."""
+        if self.loader_workers != "auto":
+            return int(self.loader_workers)
+        return max(0, torch.get_num_threads() - 1) if torch.device(device).type == "cuda" else 0
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that define the weights, for the checkpoint fingerprint: all but
+        ``loader_workers`` (a resumed run may use other workers), plus the version of the batch
+        stream, so a checkpoint of the older stream (drawn from the loop's generator) is not
+        continued with per-step batches."""
+        settings = {k: v for k, v in asdict(self).items() if k != "loader_workers"}
+        return {**settings, "batch_stream": BATCH_STREAM}
 
     @property
     def frozen_steps(self) -> int:
@@ -203,13 +235,135 @@ class PhaseSchedule:
         self.step = int(state["step"])
 
 
-def _step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, 1, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+# the seed streams of a step: its real (or pooled) samples and the synthetic extras of paired mixing
+REAL_STREAM, SYNTHETIC_STREAM = 0, 1
+BATCH_STREAM = "per-step-v1"
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, stream, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def _to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
     """``N x (S, S, C)`` -> ``(N, C, S, S)``."""
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class StepBatches(Dataset):
+    """The training batches, indexed by step: ``batches[k]`` is the batch of step ``k``.
+
+    Each step draws from generators seeded by ``(seed, k)`` and nothing else, so a batch does
+    not depend on which process builds it, on the batches before it, or on a resume.
+
+    Args:
+        rgb, inst: the training patches ``(N, S, S, 3)`` uint8 and ``(N, S, S)``.
+        rows: the patches the ``batch_size`` samples are drawn from (all of them when pooled,
+            the real ones when paired).
+        synthetic_rows, per_batch_synthetic: paired mixing's extra synthetic samples per step,
+            from a stream of their own (none when ``per_batch_synthetic`` is 0).
+        augment, jitter: whether to augment, and :func:`augment_pair`'s keyword arguments.
+
+    Returns (per item):
+        ``{"step": k, "images": (B, 3, S, S) uint8, "structures": (B, 3, S, S)}``.
+    """
+
+    def __init__(
+        self,
+        rgb: np.ndarray,
+        inst: np.ndarray,
+        rows: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int,
+        augment: bool,
+        jitter: dict[str, Any],
+        synthetic_rows: np.ndarray | None = None,
+        per_batch_synthetic: int = 0,
+    ) -> None:
+        self.rgb, self.inst, self.rows = rgb, inst, np.asarray(rows)
+        self.synthetic_rows = np.asarray([] if synthetic_rows is None else synthetic_rows, dtype=np.int64)
+        if per_batch_synthetic and not len(self.synthetic_rows):
+            raise ValueError("per_batch_synthetic needs synthetic rows")
+        self.batch_size, self.per_batch_synthetic = batch_size, per_batch_synthetic
+        self.seed, self.augment, self.jitter = seed, augment, dict(jitter)
+
+    def _draw(self, rows: np.ndarray, n: int, generator: torch.Generator, images: list, structures: list) -> None:
+        for i in rows[torch.randint(0, len(rows), (n,), generator=generator).numpy()]:
+            pair = (self.rgb[i], self.inst[i])
+            image, labels = augment_pair(*pair, generator, **self.jitter) if self.augment else pair
+            images.append(image)
+            structures.append(nuclei_structure(labels))
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        images: list[np.ndarray] = []
+        structures: list[np.ndarray] = []
+        real = torch.Generator().manual_seed(_step_seed(self.seed, step, REAL_STREAM))
+        self._draw(self.rows, self.batch_size, real, images, structures)
+        if self.per_batch_synthetic:
+            # a stream of its own: the real samples are those of a run without synthetic rows
+            extra = torch.Generator().manual_seed(_step_seed(self.seed, step, SYNTHETIC_STREAM))
+            self._draw(self.synthetic_rows, self.per_batch_synthetic, extra, images, structures)
+        return {"step": step, "images": _to_batch(images), "structures": _to_batch(structures)}
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    # Slurm signals every process of the job. The training process checkpoints and stops after
+    # its step; a worker killed first would make the loader raise in it mid-step instead.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class BatchStream:
+    """The batches of steps ``first..last`` in order, built by ``workers`` processes (0: here).
+
+    The workers ignore SIGTERM and SIGINT, so multiprocessing's exit handler, which stops
+    daemonic children with SIGTERM and then waits for them, cannot end them: :meth:`close` does,
+    and streams still open when the interpreter exits (a run stopped by a signal) are closed by
+    an exit handler registered after multiprocessing's, which therefore runs before it.
+    """
+
+    _open: ClassVar[weakref.WeakSet[BatchStream]] = weakref.WeakSet()
+    _exit_hook = False
+
+    def __init__(
+        self, batches: StepBatches, first: int, last: int, *, workers: int = 0, pin_memory: bool = False
+    ) -> None:
+        loader = DataLoader(
+            batches,
+            batch_size=None,  # an item is already a batch
+            sampler=range(first, last + 1),
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+            pin_memory=pin_memory,
+            worker_init_fn=_ignore_stop_signals,
+            # the loader draws its workers' base seed from this generator, not from torch's global
+            # RNG (which the checkpoints hold); the batches never use that seed
+            generator=torch.Generator(),
+        )
+        self._batches: Iterator[dict[str, Any]] | None = iter(loader)
+        if workers:
+            if not BatchStream._exit_hook:
+                atexit.register(BatchStream.close_all)
+                BatchStream._exit_hook = True
+            BatchStream._open.add(self)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._batches is None:
+            raise StopIteration
+        return next(self._batches)
+
+    def close(self) -> None:
+        """Stop the workers (the loader's iterator shuts them down when it is released)."""
+        self._batches = None
+        BatchStream._open.discard(self)
+
+    @classmethod
+    def close_all(cls) -> None:
+        for stream in list(cls._open):
+            stream.close()
 
 
 def train_segmenter(
@@ -280,27 +434,35 @@ def train_segmenter(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     schedule = PhaseSchedule(model, optimizer, cfg)
     jitter = {k: getattr(cfg, k) for k in ("brightness", "contrast", "saturation", "hue", "affine", "blur_noise")}
-
-    def draw(rows: np.ndarray, n: int, generator: torch.Generator, images: list, structures: list) -> None:
-        for i in rows[torch.randint(0, len(rows), (n,), generator=generator).numpy()]:
-            image, labels = augment_pair(rgb[i], inst[i], generator, **jitter) if cfg.augment else (rgb[i], inst[i])
-            images.append(image)
-            structures.append(nuclei_structure(labels))
+    batches = StepBatches(
+        rgb,
+        inst,
+        real_idx if paired else np.arange(len(rgb)),
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        augment=cfg.augment,
+        jitter=jitter,
+        synthetic_rows=synthetic_idx,
+        per_batch_synthetic=per_batch_synthetic,
+    )
+    workers = cfg.workers(device)
+    logger.info("batches prepared by %s", f"{workers} loader worker(s)" if workers else "the training process")
+    stream: BatchStream | None = None
 
     def step(model: HoVerNet, generator: torch.Generator) -> torch.Tensor:
+        nonlocal stream
         schedule.before_step()
-        images, structures = [], []
-        if paired:
-            draw(real_idx, cfg.batch_size, generator, images, structures)
-            if per_batch_synthetic:
-                # a generator per step: the real stream never sees these draws, and resuming
-                # needs no extra state
-                extra = torch.Generator().manual_seed(_step_seed(cfg.seed, schedule.step + 1))
-                draw(synthetic_idx, per_batch_synthetic, extra, images, structures)
-        else:
-            draw(np.arange(len(rgb)), cfg.batch_size, generator, images, structures)
-        x = _to_batch(images).to(device).float().div_(255.0)
-        targets = structure_to_targets(_to_batch(structures).to(device))
+        k = schedule.step + 1
+        if stream is None:  # started here, after any resume: the schedule knows the first step
+            on_cuda = torch.device(device).type == "cuda"
+            stream = BatchStream(batches, k, cfg.iterations, workers=workers, pin_memory=on_cuda)
+        batch = next(stream)
+        if batch["step"] != k:
+            raise RuntimeError(f"batch of step {batch['step']} arrived for step {k}")
+        if k == cfg.iterations:  # the workers are not needed for validation and saving
+            stream.close()
+        x = batch["images"].to(device, non_blocking=True).float().div_(255.0)
+        targets = structure_to_targets(batch["structures"].to(device, non_blocking=True))
         return hovernet_loss(model(x), targets)[0]
 
     validation = None
@@ -315,7 +477,7 @@ def train_segmenter(
     fingerprint = {
         "model": MODEL_NAME,
         "network": net_cfg.to_dict(),
-        "training": asdict(cfg),
+        "training": cfg.fingerprint(),
         "samples": file_sha256(samples_csv),
         "encoder": file_sha256(encoder) if encoder not in ("none", "imagenet") else encoder,
     }

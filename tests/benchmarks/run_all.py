@@ -2,11 +2,12 @@
 
     python tests/benchmarks/run_all.py [--threads N] [--quick] [--only bench_foundation,...]
 
-Runs ``bench_foundation``, ``bench_diffusion``, ``bench_segmentation`` (full mode unless
-``--quick``) and then ``gpu_costs`` (which reads the FLOP counts the two before it wrote), each
-in its own process. A script that fails is reported in the summary and the others still run.
-The full mode takes a long time on a CPU (paper-size forward passes take about a minute each
-on one thread): run it on a quiet machine. ``make benchmarks`` calls this.
+Runs ``bench_foundation``, ``bench_diffusion``, ``bench_segmentation``, ``bench_loader`` (full mode
+unless ``--quick``) and then ``gpu_costs`` (which reads the FLOP counts that ``bench_diffusion``
+and ``bench_segmentation`` wrote), each in its own process. A script that fails is reported in
+the summary and the others still run. The full mode takes a long time on a CPU (paper-size
+forward passes take about a minute each on one thread): run it on a quiet machine.
+``make benchmarks`` calls this.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import benchkit
 
-SCRIPTS = ("bench_foundation", "bench_diffusion", "bench_segmentation", "gpu_costs")
+SCRIPTS = ("bench_foundation", "bench_diffusion", "bench_segmentation", "bench_loader", "gpu_costs")
 
 
 def main() -> None:
