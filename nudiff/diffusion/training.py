@@ -78,6 +78,8 @@ class DiffusionTraining:
     seed: int = 0
     gradient_checkpointing: bool = False
     cpu_bf16: bool = False
+    channels_last: bool = False
+    fused_adamw: bool = False
     min_snr_gamma: float | None = None
 
     def loop_settings(self) -> LoopSettings:
@@ -92,6 +94,34 @@ class DiffusionTraining:
             snapshot_every=self.snapshot_every,
             cpu_bf16=self.cpu_bf16,
         )
+
+
+# Fast-path options that change only rounding (not what is learned): kept out of the
+# fingerprint while off, so checkpoints written before they existed still resume.
+FAST_PATH_KEYS = ("channels_last", "fused_adamw")
+
+
+def prepare_for_training(model: torch.nn.Module, training: DiffusionTraining, device: str | torch.device) -> None:
+    """Move ``model`` to ``device`` in the memory layout ``training`` asks for (in place)."""
+    model.to(device)
+    if training.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+
+def make_optimizer(model: torch.nn.Module, training: DiffusionTraining) -> torch.optim.AdamW:
+    """AdamW of the run; ``fused_adamw`` picks PyTorch's fused kernel (CPU and CUDA)."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=training.lr,
+        weight_decay=training.weight_decay,
+        fused=True if training.fused_adamw else None,
+    )
+
+
+def to_layout(x: torch.Tensor, device: str | torch.device, training: DiffusionTraining) -> torch.Tensor:
+    """A model input on ``device``, channels_last when ``training.channels_last``."""
+    fmt = torch.channels_last if training.channels_last else torch.contiguous_format
+    return x.to(device).contiguous(memory_format=fmt)
 
 
 # ---- training examples -------------------------------------------------------
@@ -242,25 +272,30 @@ def train_diffusion_model(
     if init_model is not None:
         model.load_state_dict(load_state(init_model)["model"])
         logger.info("initialised from %s", init_model)
-    model.set_gradient_checkpointing(train_cfg.gradient_checkpointing).to(device)
+    model.set_gradient_checkpointing(train_cfg.gradient_checkpointing)
+    prepare_for_training(model, train_cfg, device)
     logger.info("%s model: %s parameters, %s", kind, f"{count_parameters(model):,}", net_cfg)
     if train_cfg.gradient_checkpointing:
         logger.info("gradient checkpointing on: block activations are recomputed in backward")
     noise_schedule = sched_cfg.build()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    optimizer = make_optimizer(model, train_cfg)
 
     def step(model: UNet, generator: torch.Generator) -> torch.Tensor:
         images, structures = examples.draw(train_cfg.batch_size, generator)
         if kind == "structure":
             return l_simple(
-                model, structures.to(device), noise_schedule, generator=generator, min_snr_gamma=train_cfg.min_snr_gamma
+                model,
+                to_layout(structures, device, train_cfg),
+                noise_schedule,
+                generator=generator,
+                min_snr_gamma=train_cfg.min_snr_gamma,
             )
         return l_simple(
             model,
-            images.to(device),
+            to_layout(images, device, train_cfg),
             noise_schedule,
             generator=generator,
-            cond=structures.to(device),
+            cond=to_layout(structures, device, train_cfg),
             drop_rate=train_cfg.drop_rate,
             min_snr_gamma=train_cfg.min_snr_gamma,
         )
@@ -270,7 +305,11 @@ def train_diffusion_model(
     fingerprint = {
         "kind": kind,
         "network": net_cfg.to_dict(),
-        "training": {k: v for k, v in asdict(train_cfg).items() if k != "gradient_checkpointing"},
+        "training": {
+            k: v
+            for k, v in asdict(train_cfg).items()
+            if k != "gradient_checkpointing" and not (k in FAST_PATH_KEYS and not v)
+        },
         "schedule": asdict(sched_cfg),
         "samples": file_sha256(samples_csv),
         "init": file_sha256(init_model) if init_model is not None else None,

@@ -25,6 +25,7 @@ from nudiff.diffusion.blocks import (
     BlockSequence,
     CondResBlock,
     Downsample,
+    GroupNorm,
     Resample,
     ResBlock,
     Upsample,
@@ -193,7 +194,7 @@ class UNet(nn.Module):
                 self.decoder.append(BlockSequence(layers))
 
         head = zero_(nn.Conv2d(cur, c.out_channels, 3, padding=1))
-        self.out = nn.Sequential(nn.GroupNorm(c.groups, cur), nn.SiLU(), head)
+        self.out = nn.Sequential(GroupNorm(c.groups, cur), nn.SiLU(), head)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> UNet:
         """Trade compute for memory in training: keep only each block's input for backward.

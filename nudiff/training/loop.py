@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -210,10 +211,13 @@ def run_training(
             tic = time.monotonic()
             with autocast:
                 loss = step_fn(model, generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # the step's one host sync, after backward is queued (on a GPU it overlaps);
+            # a non-finite loss still stops the run before the weights change
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step}")
             if settings.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
@@ -224,7 +228,7 @@ def run_training(
             history.append(
                 {
                     "step": step,
-                    "loss": loss.item(),
+                    "loss": loss_value,
                     "lr": optimizer.param_groups[0]["lr"],
                     "seconds": time.monotonic() - tic,
                 }

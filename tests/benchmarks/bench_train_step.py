@@ -1,0 +1,133 @@
+"""One diffusion training step, plain float32 against the fast path, side by side.
+
+A step is what ``nudiff.training.loop.run_training`` does per iteration: ``l_simple`` forward
+(under autocast when asked), zero_grad, backward, the loss's host sync, gradient clipping
+(1.0), AdamW and the EMA update (warm-up EMA, as the presets train). Models, optimisers and
+layouts are built by the training code itself (``prepare_for_training``, ``make_optimizer``,
+``make_ema``). The batch is a fixed random one of the preset's batch size and patch size:
+drawing it (flips + ``nuclei_structure``) costs the same on both paths and is left out.
+
+Variants (``--variants``, the first is the baseline of the ratios):
+
+* ``fp32``: the reference (contiguous float32, foreach AdamW).
+* ``bf16``: ``cpu_bf16`` only (bf16 autocast on the CPU).
+* ``cl``: ``channels_last`` only; ``fused``: ``fused_adamw`` only.
+* ``fast``: ``cpu_bf16`` + ``channels_last`` + ``fused_adamw``.
+
+All variants of one network are built first (same seed), then stepped round-robin
+(ABAB...), so a load change on a shared machine hits every variant alike; the table gives
+each variant's median seconds per step and the baseline's median over it.
+
+    python tests/benchmarks/bench_train_step.py [--threads 1] [--steps 3+15] \
+        [--presets config,monuseg-cpu] [--models structure,image] [--variants fp32,fast]
+
+CPU only: on CUDA the loop always autocasts to bf16, and these options are unmeasured there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from typing import Any
+
+import benchkit
+import torch
+import yaml
+
+VARIANTS = {
+    "fp32": {},
+    "bf16": {"cpu_bf16": True},
+    "cl": {"channels_last": True},
+    "fused": {"fused_adamw": True},
+    "bf16+cl": {"cpu_bf16": True, "channels_last": True},
+    "fast": {"cpu_bf16": True, "channels_last": True, "fused_adamw": True},
+}
+
+
+def preset(name: str, model: str) -> tuple[dict[str, Any], int, int]:
+    """(network, patch size, batch size) of ``config/<name>.yaml``'s structure or image model."""
+    with open(benchkit.REPO / "config" / f"{name}.yaml") as handle:
+        config = yaml.safe_load(handle)
+    diffusion = config["diffusion"]
+    if model == "structure":
+        net, training = diffusion["structure_model"]["network"], diffusion["structure_model"]["training"]
+    else:
+        net, training = diffusion["image_model"]["network"], diffusion["image_model"]["conditional"]
+    net = {**net, "condition_channels": 3 if model == "image" else 0}
+    return net, int(config["patches"]["size"]), int(training["batch_size"])
+
+
+def make_stepper(net: dict[str, Any], size: int, batch: int, options: dict[str, bool]):
+    from nudiff.diffusion import UNet, UNetConfig, l_simple, linear_schedule
+    from nudiff.diffusion.training import DiffusionTraining, make_optimizer, prepare_for_training, to_layout
+    from nudiff.training.loop import make_ema
+
+    training = DiffusionTraining(lr=2e-3, weight_decay=0.0, ema_decay=0.995, batch_size=batch, **options)
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**net))
+    prepare_for_training(model, training, "cpu")
+    model.train()
+    optimizer = make_optimizer(model, training)
+    ema = make_ema(model, training.ema_decay, warmup=training.ema_warmup)
+    schedule = linear_schedule()
+    data = torch.Generator().manual_seed(1)
+    x0 = to_layout(torch.rand(batch, 3, size, size, generator=data) * 2 - 1, "cpu", training)
+    cond = to_layout(torch.rand(batch, 3, size, size, generator=data) * 2 - 1, "cpu", training)
+    generator = torch.Generator().manual_seed(0)
+    conditional = net["condition_channels"] > 0
+
+    def step() -> float:
+        start = time.perf_counter()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if training.cpu_bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = l_simple(model, x0, schedule, generator=generator, cond=cond if conditional else None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+        optimizer.step()
+        ema.update_parameters(model)
+        return time.perf_counter() - start
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", default="3+15", help="WARMUP+TIMED steps per variant")
+    parser.add_argument("--presets", default="config,monuseg-cpu")
+    parser.add_argument("--models", default="structure,image")
+    parser.add_argument("--variants", default="fp32,fast")
+    args = parser.parse_args()
+    benchkit.set_threads(args.threads)
+    warmup, timed = benchkit.parse_steps(args.steps)
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    env = benchkit.environment(args.threads)
+    print(f"# {benchkit.command()}")
+    print(f"# torch {env['torch']}, {env['cpu']}, {args.threads} thread(s), load {env['load_average']}")
+    print(f"# {warmup} warm-up + {timed} timed steps per variant, interleaved; ratio = {variants[0]} / variant")
+    print(f"{'preset':12s} {'model':10s} {'size':>5s} {'batch':>5s} {'variant':8s} {'median s':>9s} {'ratio':>6s}")
+    for name in args.presets.split(","):
+        for model in args.models.split(","):
+            net, size, batch = preset(name, model)
+            steppers = {v: make_stepper(net, size, batch, VARIANTS[v]) for v in variants}
+            times: dict[str, list[float]] = {v: [] for v in variants}
+            for i in range(warmup + timed):
+                for v in variants:
+                    seconds = steppers[v]()
+                    if i >= warmup:
+                        times[v].append(seconds)
+            base = statistics.median(times[variants[0]])
+            for v in variants:
+                med = statistics.median(times[v])
+                print(f"{name:12s} {model:10s} {size:5d} {batch:5d} {v:8s} {med:9.3f} {base / med:6.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
