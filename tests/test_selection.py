@@ -61,7 +61,8 @@ def models(tmp_path_factory, tiny_labelled_csv):
 
 @pytest.fixture(scope="module")
 def segmenter(tmp_path_factory, tiny_prepared):
-    return train_tiny_segmenter(tiny_prepared, tmp_path_factory.mktemp("selection_segmenter"))
+    # long enough that its judgement separates the candidates (2 steps can leave it finding no nucleus)
+    return train_tiny_segmenter(tiny_prepared, tmp_path_factory.mktemp("selection_segmenter"), iterations=8, lr=1e-3)
 
 
 def outputs(tmp_path, stem="selection"):

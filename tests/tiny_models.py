@@ -31,8 +31,8 @@ def tiny_unet(seed: int = 0, **overrides) -> UNet:
     return model.eval()
 
 
-def train_tiny_segmenter(prepared_dir, out_dir):
-    """A tiny Hover-Net trained for 2 steps on the 32 px patches of a prepared dataset; its file."""
+def train_tiny_segmenter(prepared_dir, out_dir, iterations=2, lr=1e-4):
+    """A tiny Hover-Net trained for ``iterations`` steps on the 32 px patches of a prepared dataset; its file."""
     from nudiff.datasets.prepare import read_manifest
     from nudiff.patches import build_patch_index
     from nudiff.samples import real_samples, write_sample_table
@@ -47,6 +47,6 @@ def train_tiny_segmenter(prepared_dir, out_dir):
         out_dir / "model.pt",
         network=config.to_dict(),
         checkpoint_dir=out_dir / "ckpt",
-        training={"iterations": 2, "batch_size": 2, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
+        training={"iterations": iterations, "batch_size": 2, "lr": lr, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
     )
     return out_dir / "model.pt"
