@@ -47,6 +47,12 @@ def train_tiny_segmenter(prepared_dir, out_dir, iterations=2, lr=1e-4):
         out_dir / "model.pt",
         network=config.to_dict(),
         checkpoint_dir=out_dir / "ckpt",
-        training={"iterations": iterations, "batch_size": 2, "lr": lr, "val_fraction": 0.0, "watershed": {"min_object_size": 3}},
+        training={
+            "iterations": iterations,
+            "batch_size": 2,
+            "lr": lr,
+            "val_fraction": 0.0,
+            "watershed": {"min_object_size": 3},
+        },
     )
     return out_dir / "model.pt"
