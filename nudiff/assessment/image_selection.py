@@ -20,11 +20,10 @@ import pandas as pd
 from nudiff.assessment.segmenter_agreement import judge_images
 from nudiff.diffusion.selection import (
     Candidate,
-    choose_candidate,
     conditioning_maps,
+    keep_best,
     sample_conditioned_images,
     weight_candidates,
-    write_selection,
 )
 from nudiff.diffusion.synthesis import SamplingSettings
 from nudiff.diffusion.training import load_diffusion_model
@@ -80,8 +79,4 @@ def select_image_weights(
             len(maps),
             time.monotonic() - t0,
         )
-    table = pd.DataFrame(rows)
-    chosen = choose_candidate(table, "aji", higher_is_better=True)
-    logger.info("chosen image weights: %s", chosen.name)
-    write_selection(table, chosen, "aji", out_csv, out_json)
-    return chosen
+    return keep_best(pd.DataFrame(rows), "aji", higher_is_better=True, what="image", out_csv=out_csv, out_json=out_json)

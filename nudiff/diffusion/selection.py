@@ -93,6 +93,16 @@ def choose_candidate(table: pd.DataFrame, score: str, *, higher_is_better: bool)
     return Candidate(str(row["weights"]), None if pd.isna(row["step"]) else int(row["step"]))
 
 
+def keep_best(
+    table: pd.DataFrame, score: str, *, higher_is_better: bool, what: str, out_csv: PathLike, out_json: PathLike
+) -> Candidate:
+    """Choose the best candidate of ``table`` by ``score``, log it and write the CSV and JSON."""
+    chosen = choose_candidate(table, score, higher_is_better=higher_is_better)
+    logger.info("chosen %s weights: %s", what, chosen.name)
+    write_selection(table, chosen, score, out_csv, out_json)
+    return chosen
+
+
 def structure_score(real_maps: Sequence[np.ndarray], synthetic_maps: Sequence[np.ndarray]) -> dict[str, float]:
     """Distances of each nuclei statistic to the real one, and the ``score``.
 
@@ -178,11 +188,9 @@ def select_structure_weights(
             n,
             time.monotonic() - t0,
         )
-    table = pd.DataFrame(rows)
-    chosen = choose_candidate(table, "score", higher_is_better=False)
-    logger.info("chosen structure weights: %s", chosen.name)
-    write_selection(table, chosen, "score", out_csv, out_json)
-    return chosen
+    return keep_best(
+        pd.DataFrame(rows), "score", higher_is_better=False, what="structure", out_csv=out_csv, out_json=out_json
+    )
 
 
 def conditioning_maps(labelled_csv: PathLike, n: int) -> list[np.ndarray]:
