@@ -21,13 +21,16 @@ from nudiff.diffusion.quality import (
     agreement_table,
     assess_synthetic_pairs,
     colour_agreement,
+    colour_distance,
     colour_nuclei_mask,
+    colour_statistics,
     compare_instance_statistics,
     compare_samplers,
     instance_statistics,
     plot_statistics,
     plot_synthetic_samples,
 )
+from nudiff.diffusion.quality_measures import COLOUR_STATISTICS
 from nudiff.errors import InputDataError
 from nudiff.io.images import write_image, write_instance_map
 from nudiff.samples import SAMPLE_COLUMNS, write_sample_table
@@ -345,3 +348,39 @@ def test_compare_samplers(tmp_path: Path, labelled_csv: Path):
     with pytest.raises(ValueError, match="structure_shards"):
         compare_samplers(labelled_csv, {"ddim-50": []}, out_csv=tmp_path / "x.csv", out_png=tmp_path / "x.png")
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.png").exists()
+
+
+def test_colour_statistics_of_flat_patches():
+    """A flat white patch is L* 100, a* = b* = 0 with no spread; a flat pure red one has CIELAB
+    (53.24, 80.09, 67.20) (the sRGB/D65 value), also with no spread."""
+    white = np.full((4, 4, 3), 255, np.uint8)
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    table = colour_statistics([white, red])
+    assert table.columns.tolist() == ["L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std"]
+    np.testing.assert_allclose(table.iloc[0], [100, 0, 0, 0, 0, 0], atol=0.01)
+    np.testing.assert_allclose(table.iloc[1, :3], [53.24, 80.09, 67.20], atol=0.02)
+    np.testing.assert_allclose(table.iloc[1, 3:], 0, atol=1e-6)
+    with pytest.raises(ValueError, match="RGB"):
+        colour_statistics([np.zeros((4, 4), np.uint8)])
+
+
+def test_colour_distance_separates_stains():
+    """Same-stain sets have a small KS; sets whose colours never overlap have KS 1 on the
+    statistics that differ (mean a* and b* of pink against cyan patches)."""
+    rng = np.random.default_rng(0)
+
+    def patches(rgb, n):
+        base = np.array(rgb, float)
+        return [np.clip(base + rng.normal(0, 12, (8, 8, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+    pink = colour_statistics(patches((200, 130, 180), 40))
+    other_pink = colour_statistics(patches((200, 130, 180), 40))
+    cyan = colour_statistics(patches((200, 235, 235), 40))
+    same = colour_distance(pink, other_pink)
+    apart = colour_distance(pink, cyan)
+    assert same["ks_a_mean"] < 0.4 and apart["ks_a_mean"] == 1.0 and apart["ks_b_mean"] == 1.0
+    assert same["colour_ks"] < 0.4 < apart["colour_ks"] <= 1.0
+    assert apart["colour_ks"] == pytest.approx(np.mean([apart[f"ks_{s}"] for s in COLOUR_STATISTICS]))
+    with pytest.raises(ValueError, match="at least one"):
+        colour_distance(pink, cyan.iloc[:0])

@@ -12,7 +12,7 @@ from tiny_models import TRAINING_NET, train_tiny_segmenter
 
 import nudiff.assessment.image_selection as image_selection
 from nudiff.assessment.image_selection import select_image_weights
-from nudiff.diffusion.quality import real_pairs
+from nudiff.diffusion.quality import colour_distance, colour_statistics, real_pairs
 from nudiff.diffusion.selection import (
     Candidate,
     choose_candidate,
@@ -325,12 +325,13 @@ def test_conditioning_needs_a_labelled_nucleus(tiny_labelled_csv, tmp_path):
         conditioning_maps(tmp_path / "empty.csv", 3)
 
 
-def test_image_selection_judges_every_candidate_and_keeps_the_highest_aji(
+def test_image_selection_judges_every_candidate_and_keeps_the_highest_score(
     models, segmenter, tiny_labelled_csv, tmp_path, monkeypatch
 ):
     """Every candidate draws images for the same 3 conditioning maps (stream select_image), each
     its own images; the CSV holds the mean Dice, AJI and PQ of the segmenter's judgement per
-    candidate, the JSON the highest AJI, and a second run writes the same bytes."""
+    candidate, the colour KS of its images against the real labelled patches and the score
+    aji - colour_ks; the JSON holds the highest score, and a second run writes the same bytes."""
     sampled, judged = [], []
     original_sample, original_judge = image_selection.sample_conditioned_images, image_selection.judge_images
 
@@ -360,16 +361,19 @@ def test_image_selection_judges_every_candidate_and_keeps_the_highest_aji(
     assert not np.array_equal(sampled[0][2], sampled[2][2])  # steps 2 and 4 draw different images
 
     table = pd.read_csv(tmp_path / "a" / "selection.csv")
-    assert table.columns.tolist() == ["candidate", "weights", "step", "dice", "aji", "pq"]
+    assert table.columns.tolist() == ["candidate", "weights", "step", "dice", "aji", "pq", "colour_ks", "score"]
     assert table["candidate"].tolist() == SNAPSHOT_CANDIDATES
-    for (_, row), scores in zip(table.iterrows(), judged):
+    real_colour = colour_statistics(real_pairs(tiny_labelled_csv)[0])
+    for (_, row), scores, (_, _, images) in zip(table.iterrows(), judged, sampled):
         for score in ("dice", "aji", "pq"):
             assert row[score] == pytest.approx(scores[score].mean())
-    assert table["aji"].nunique() > 1  # the highest and the lowest differ: the direction matters
+        assert row["colour_ks"] == pytest.approx(colour_distance(real_colour, colour_statistics(images))["colour_ks"])
+        assert row["score"] == pytest.approx(row["aji"] - row["colour_ks"])
+    assert table["score"].nunique() > 1  # the highest and the lowest differ: the direction matters
     record = json.loads((tmp_path / "a" / "selection.json").read_text())
-    assert chosen.name == table.loc[table["aji"].idxmax(), "candidate"]
+    assert chosen.name == table.loc[table["score"].idxmax(), "candidate"]
     assert record["chosen"] == {"weights": chosen.weights, "step": chosen.step}
-    assert record["score"] == "aji" and record["value"] == pytest.approx(table["aji"].max())
+    assert record["score"] == "score" and record["value"] == pytest.approx(table["score"].max())
 
     select_image_weights(models / "image.pt", tiny_labelled_csv, segmenter, **outputs(tmp_path / "b"), **kwargs)
     for name in ("selection.csv", "selection.json"):

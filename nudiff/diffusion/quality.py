@@ -30,7 +30,9 @@ from nudiff.diffusion.quality_measures import (
     agreement_table,
     check_set_names,
     colour_agreement,
+    colour_distance,
     colour_nuclei_mask,
+    colour_statistics,
     compare_instance_statistics,
     compare_statistic_tables,
     instance_statistics,
@@ -50,7 +52,9 @@ __all__ = [
     "agreement_table",
     "assess_synthetic_pairs",
     "colour_agreement",
+    "colour_distance",
     "colour_nuclei_mask",
+    "colour_statistics",
     "compare_instance_statistics",
     "compare_samplers",
     "compare_statistic_tables",
@@ -59,6 +63,7 @@ __all__ = [
     "plot_statistics",
     "plot_synthetic_samples",
     "read_shards",
+    "real_pairs",
     "statistic_values",
 ]
 

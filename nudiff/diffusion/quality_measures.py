@@ -15,6 +15,12 @@ of evidence, neither needing a trained segmenter:
   a haematoxylin mask found by colour deconvolution. Its level on real labelled patches is
   the reference a synthetic set is read against (the colour mask is crude; real pairs do
   not score 1 either).
+* **Colour realism** (:func:`colour_statistics`, :func:`colour_distance`): are the images
+  stained like the real patches? Per patch: the mean and standard deviation of each CIELAB
+  channel. Real and synthetic per-patch values are compared by the two-sample
+  Kolmogorov-Smirnov statistic, averaged over the six (0: same distributions, 1: disjoint).
+  Shapes of nuclei can be right on a background no real slide has (pale cyan instead of
+  pink stroma); this measure sees that, the segmenter's agreement does not.
 
 Nuclei touching the patch border are cut by the crop: they are **counted** (in
 ``n_nuclei`` and the area fraction) but **left out of the per-nucleus shape statistics**,
@@ -29,13 +35,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
-from skimage.color import rgb2hed
+from skimage.color import rgb2hed, rgb2lab
 from skimage.filters import threshold_otsu
 from skimage.measure import regionprops_table
 
 logger = logging.getLogger(__name__)
 
 PER_PATCH_COLUMNS = ["patch", "n_nuclei", "n_border", "foreground_fraction"]
+COLOUR_STATISTICS = ("L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std")
 PER_NUCLEUS_COLUMNS = ["patch", "label", "area", "eccentricity", "solidity", "axis_major_length", "axis_minor_length"]
 
 # Compared statistic -> (table, column, axis label for figures).
@@ -287,3 +294,24 @@ def agreement_table(
     table = pd.DataFrame(rows)
     table["mean_relative_to_real"] = table["mean"] / table.loc[0, "mean"]
     return table
+
+
+def colour_statistics(images: Sequence[np.ndarray] | np.ndarray) -> pd.DataFrame:
+    """Per ``(H, W, 3)`` uint8 RGB patch: mean and std of its CIELAB L, a and b (:data:`COLOUR_STATISTICS`)."""
+    rows = []
+    for image in images:
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"colour statistics need (H, W, 3) RGB patches, got shape {image.shape}")
+        lab = rgb2lab(image).reshape(-1, 3)
+        rows.append([*lab.mean(axis=0), *lab.std(axis=0)])
+    return pd.DataFrame(rows, columns=list(COLOUR_STATISTICS), dtype=float)
+
+
+def colour_distance(real: pd.DataFrame, synthetic: pd.DataFrame) -> dict[str, float]:
+    """KS statistic of each colour statistic between two :func:`colour_statistics` tables,
+    as ``ks_<statistic>``, and their mean as ``colour_ks`` (in [0, 1], lower is more alike)."""
+    if real.empty or synthetic.empty:
+        raise ValueError("colour distance needs at least one real and one synthetic patch")
+    out = {f"ks_{name}": float(stats.ks_2samp(real[name], synthetic[name]).statistic) for name in COLOUR_STATISTICS}
+    out["colour_ks"] = float(np.mean(list(out.values())))
+    return out
