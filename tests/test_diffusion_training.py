@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 import torch
+from interrupt import sigterm_on_call
 from tiny_models import TRAINING_NET
 
 import nudiff.diffusion.training as training
@@ -71,15 +70,8 @@ def test_killed_training_resumes_to_the_same_weights(
     # it still resumes (not restarts) and ends with the uninterrupted run's weights
     train("image", tiny_labelled_csv, tmp_path / "reference", drop_rate=0.5)
 
-    original, calls = training.l_simple, {"n": 0}
-
-    def sigterm_on_fourth_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            signal.raise_signal(signal.SIGTERM)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "l_simple", sigterm_on_fourth_step)
+    original = training.l_simple
+    monkeypatch.setattr(training, "l_simple", sigterm_on_call(original, 4))
     with pytest.raises(TrainingInterrupted):
         train("image", tiny_labelled_csv, tmp_path / "killed", drop_rate=0.5)
     assert not (tmp_path / "killed" / "image.pt").exists()

@@ -13,11 +13,10 @@ from the same seed, with the options of the run; the reference is the plain floa
 
 from __future__ import annotations
 
-import signal
-
 import numpy as np
 import pytest
 import torch
+from interrupt import sigterm_on_call
 from tiny_models import TRAINING_NET
 
 import nudiff.diffusion.training as training
@@ -132,15 +131,8 @@ def test_fast_path_resumes_to_the_same_weights(tmp_path, tiny_labelled_csv, monk
         )
 
     train(tmp_path / "reference")
-    original, calls = training.l_simple, {"n": 0}
-
-    def sigterm_on_third_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            signal.raise_signal(signal.SIGTERM)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "l_simple", sigterm_on_third_step)
+    original = training.l_simple
+    monkeypatch.setattr(training, "l_simple", sigterm_on_call(original, 3))
     with pytest.raises(TrainingInterrupted):
         train(tmp_path / "killed")
     monkeypatch.setattr(training, "l_simple", original)

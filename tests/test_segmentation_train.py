@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from interrupt import sigterm_on_call
 from scipy import ndimage
 
 from nudiff.errors import ConfigError, InputDataError
@@ -381,16 +382,8 @@ def test_resume_after_sigterm_keeps_the_same_best_weights(tmp_path, monkeypatch)
     changes = {"iterations": 8, "validate_every": 3, "freeze_encoder_fraction": 0.25, "lr_decay_at": 0.5}
     run(tmp_path, samples, "ref", **changes)
 
-    calls = {"n": 0}
     loss = train_module.hovernet_loss
-
-    def stopping_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            signal.raise_signal(signal.SIGTERM)  # what Slurm sends to a preempted job
-        return loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "hovernet_loss", stopping_loss)
+    monkeypatch.setattr(train_module, "hovernet_loss", sigterm_on_call(loss, 5))
     with pytest.raises(TrainingInterrupted):
         run(tmp_path, samples, "run", **changes)
     assert CheckpointStore(tmp_path / "ckpt_run").steps()[-1] == 5
@@ -408,12 +401,7 @@ def test_resume_after_sigterm_keeps_the_same_best_weights(tmp_path, monkeypatch)
 def test_frozen_phase_leaves_encoder_parameters_untouched(tmp_path, monkeypatch):
     samples = sample_table(tmp_path)
     loss = train_module.hovernet_loss
-
-    def stop_after_first(*args, **kwargs):
-        signal.raise_signal(signal.SIGTERM)
-        return loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "hovernet_loss", stop_after_first)
+    monkeypatch.setattr(train_module, "hovernet_loss", sigterm_on_call(loss, 1))
     with pytest.raises(TrainingInterrupted):
         run(tmp_path, samples, "f", iterations=4, freeze_encoder_fraction=0.5)
     trained = load_state(CheckpointStore(tmp_path / "ckpt_f").latest())["model"]
@@ -645,20 +633,13 @@ def test_a_run_stopped_with_workers_resumes_with_other_workers_to_the_same_weigh
     not part of its fingerprint): the weights of an uninterrupted run without workers."""
     samples = sample_table(tmp_path)
     run(tmp_path, samples, "ref", loader_workers=0, validate_every=3)
-    calls = {"n": 0}
     loss = train_module.hovernet_loss
-
-    def stopping_loss(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            signal.raise_signal(signal.SIGTERM)
-        return loss(*args, **kwargs)
-
+    stopping_loss = sigterm_on_call(loss, 3)
     monkeypatch.setattr(train_module, "hovernet_loss", stopping_loss)
     with pytest.raises(TrainingInterrupted):
         run(tmp_path, samples, "run", loader_workers=2, validate_every=3)
     run(tmp_path, samples, "run", loader_workers=1, validate_every=3)
-    assert calls["n"] == 6  # steps 4-6 only: resumed, not restarted
+    assert stopping_loss.calls == 6  # steps 4-6 only: resumed, not restarted
     ref, resumed = load_state(tmp_path / "ref.pt"), load_state(tmp_path / "run.pt")
     for key, value in ref["state"].items():
         assert torch.equal(value, resumed["state"][key]), key
