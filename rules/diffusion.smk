@@ -234,6 +234,7 @@ rule sample_images:
         model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
         selection="results/{dataset}/{pct}pct/diffusion/image_model_selection.json",
         structures="results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
     output:
         "results/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",
     log:
@@ -242,6 +243,7 @@ rule sample_images:
         "benchmarks/{dataset}/{pct}pct/sample_images_{shard}.tsv"
     params:
         sampling=config["diffusion"]["sampling"],
+        colour_transfer=config["diffusion"]["colour_transfer"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",
     threads: threads_for("sample_images")

@@ -11,6 +11,7 @@ from scipy import ndimage
 from tiny_models import TRAINING_NET
 
 import nudiff.diffusion.synthesis as synthesis
+from nudiff.diffusion.quality import colour_statistics
 from nudiff.diffusion.synthesis import (
     CleanupSettings,
     SamplingSettings,
@@ -20,6 +21,7 @@ from nudiff.diffusion.synthesis import (
     shard_indices,
 )
 from nudiff.diffusion.training import train_diffusion_model
+from nudiff.imaging import transfer_colour
 from nudiff.samples import SampleReader, read_sample_table
 from nudiff.structure import (
     clean_instances,
@@ -106,6 +108,49 @@ def test_pairs_and_augmented_set(models, tmp_path, tiny_labelled_csv):
     reader = SampleReader(read_sample_table(tmp_path / "augmented.csv"))
     rgb, inst = reader[len(reader) - 1]  # the last row is synthetic
     assert rgb.shape == (32, 32, 3) and inst.shape == (32, 32)
+
+
+def test_colour_transfer_gives_each_image_the_colours_of_a_real_patch(models, tmp_path, tiny_labelled_csv):
+    """With a colour reference, ``images`` are the sampled images (kept as ``sampled_images``)
+    with the CIELAB mean and std of the real patch ``colour_reference`` names, drawn per sample
+    (the same sample draws the same patch in another run); labels and structures are untouched."""
+    structures = tmp_path / "structures.npz"
+    sample_structures(
+        models / "structure.pt", structures, n_total=4, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED
+    )
+    plain, moved = tmp_path / "plain.npz", tmp_path / "moved.npz"
+    sample_images(models / "image.pt", structures, plain, sampling=SAMPLING)
+    sample_images(models / "image.pt", structures, moved, sampling=SAMPLING, colour_reference=tiny_labelled_csv)
+    reference = synthesis.real_colours(tiny_labelled_csv)
+    with np.load(plain) as p, np.load(moved) as m:
+        assert "sampled_images" not in p.files and np.array_equal(m["sampled_images"], p["images"])
+        for key in ("sample_index", "instances", "structures"):
+            assert np.array_equal(m[key], p[key])
+        rows = m["colour_reference"]
+        assert rows.shape == (len(m["images"]),) and rows.min() >= 0 and rows.max() < len(reference)
+        got = colour_statistics(m["images"])
+        for k, r in enumerate(rows):
+            # rounding to uint8 and clipping to sRGB keep it from being exact
+            np.testing.assert_allclose(got.iloc[k, :3], reference.iloc[r, :3], atol=2.0)
+            np.testing.assert_allclose(got.iloc[k, 3:], reference.iloc[r, 3:], rtol=0.2, atol=1.0)
+        first_rows = rows.copy()
+    sample_images(models / "image.pt", structures, moved, sampling=SAMPLING, colour_reference=tiny_labelled_csv)
+    with np.load(moved) as m:
+        assert np.array_equal(m["colour_reference"], first_rows)
+
+
+def test_transfer_colour_moves_the_lab_moments():
+    """A pale cyan patch takes the CIELAB mean and std of a pink one; a flat patch takes the mean."""
+    rng = np.random.default_rng(1)
+    pink = np.clip(np.array([200.0, 130, 180]) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+    cyan = np.clip(np.array([215.0, 235, 235]) + rng.normal(0, 8, (32, 32, 3)), 0, 255).astype(np.uint8)
+    target = colour_statistics([pink]).iloc[0]
+    moved = transfer_colour(cyan, target[["L_mean", "a_mean", "b_mean"]], target[["L_std", "a_std", "b_std"]])
+    got = colour_statistics([moved]).iloc[0]
+    np.testing.assert_allclose(got, target, atol=1.0)
+    flat = transfer_colour(np.full((4, 4, 3), 128, np.uint8), [60.0, 25.0, -10.0], [5.0, 5.0, 5.0])
+    np.testing.assert_allclose(colour_statistics([flat]).iloc[0, :3], [60, 25, -10], atol=1.0)
+    assert np.ptp(flat.reshape(-1, 3), axis=0).max() == 0
 
 
 def test_images_need_the_image_model(models, tmp_path):

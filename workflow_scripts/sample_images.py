@@ -11,6 +11,7 @@ sample_images(
     snakemake.output[0],
     sampling=sampling_settings(snakemake.params.sampling),
     selection=snakemake.input.selection,
+    colour_reference=snakemake.input.labelled if snakemake.params.colour_transfer else None,
     device=resolve_device(snakemake.params.device),
     resume_file=snakemake.params.resume_file,
 )

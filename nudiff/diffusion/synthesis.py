@@ -15,7 +15,10 @@ Shard files (``.npz``):
 * pairs shard: the structures that gave at least one nucleus, with their
   ``images`` (m, S, S, 3) uint8 sampled with guidance: ``sample_index``,
   ``structures``, ``sampled_structures``, ``instances``, ``images``. This is
-  the format :class:`nudiff.samples.SampleReader` reads.
+  the format :class:`nudiff.samples.SampleReader` reads. With colour transfer
+  (``diffusion.colour_transfer``), ``images`` are the transferred ones and
+  ``sampled_images`` the images as sampled, and ``colour_reference`` (m,) the
+  row of the labelled table whose colours each image took.
 
 A pair is consistent: its image is conditioned on exactly the structure of its
 label (``structures`` = ``nuclei_structure(instances)``), not on the raw sampled
@@ -40,14 +43,16 @@ import pandas as pd
 import torch
 
 from nudiff.diffusion.guidance import guided_eps
+from nudiff.diffusion.quality_measures import colour_statistics
 from nudiff.diffusion.samplers import SamplerName, sample
 from nudiff.diffusion.training import load_diffusion_model
 from nudiff.errors import InputDataError
-from nudiff.imaging import image_from_model_range
+from nudiff.imaging import image_from_model_range, transfer_colour
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
 from nudiff.samples import (
     SAMPLE_COLUMNS,
+    SampleReader,
     read_sample_table,
     synthetic_samples,
     write_sample_table,
@@ -64,7 +69,7 @@ logger = logging.getLogger(__name__)
 
 # Independent noise streams: the synthetic pairs, and the extra samples that choose weights
 # and sweep guidance (so those never reuse a pair's noise).
-STREAMS = {"structure": 0, "image": 1, "select_structure": 2, "select_image": 3, "sweep_image": 4}
+STREAMS = {"structure": 0, "image": 1, "select_structure": 2, "select_image": 3, "sweep_image": 4, "colour": 5}
 
 
 @dataclass(frozen=True)
@@ -357,6 +362,34 @@ def sample_structures(
     return len(indices) - degenerate
 
 
+def real_colours(labelled_csv: str | Path) -> pd.DataFrame:
+    """:func:`colour_statistics` of every real patch of a sample table, one row per patch in table order."""
+    table = read_sample_table(labelled_csv)
+    table = table[table["origin"] == "real"].reset_index(drop=True)
+    if table.empty:
+        raise InputDataError(f"{labelled_csv}: no real patch to take colours from")
+    reader = SampleReader(table)
+    return colour_statistics([reader[i][0] for i in range(len(reader))])
+
+
+def transfer_colours(
+    images: np.ndarray, indices: np.ndarray, reference: pd.DataFrame, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image takes the CIELAB mean and std (:func:`transfer_colour`) of one real patch of
+    ``reference`` (a :func:`real_colours` table), drawn by the image's own generator (stream
+    ``colour``): the synthetic set gets the stain variety of the real one. Returns the images
+    and the row drawn for each."""
+    rows = np.array(
+        [np.random.default_rng([seed, STREAMS["colour"], int(i)]).integers(len(reference)) for i in indices], np.int64
+    )
+    means = reference[["L_mean", "a_mean", "b_mean"]].to_numpy()
+    stds = reference[["L_std", "a_std", "b_std"]].to_numpy()
+    out = (
+        np.stack([transfer_colour(image, means[r], stds[r]) for image, r in zip(images, rows)]) if len(rows) else images
+    )
+    return out, rows
+
+
 def sample_images(
     model_path: str | Path,
     structures_npz: str | Path,
@@ -364,6 +397,7 @@ def sample_images(
     *,
     sampling: SamplingSettings,
     selection: str | Path | None = None,
+    colour_reference: str | Path | None = None,
     device: str = "cpu",
     resume_file: str | Path | None = None,
 ) -> int:
@@ -373,6 +407,9 @@ def sample_images(
     (:func:`label_structure` of the shard's ``instances``), recomputed here so that no
     shard can pair an image with a label it was not conditioned on.
 
+    ``colour_reference``: a sample table (the labelled subset); when given, each image's
+    colours are moved to those of one of its real patches (:func:`transfer_colours`, not in
+    the paper: a stain normalisation for image models too short-trained to draw real stains).
     ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
     Returns the number of pairs written.
     """
@@ -402,6 +439,13 @@ def sample_images(
         "structures": file_sha256(structures_npz),
     }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
+    images = _concat(parts, "images", (0, size, size, 3), np.uint8)
+    extra = {}
+    if colour_reference is not None:
+        transferred, rows = transfer_colours(images, indices, real_colours(colour_reference), sampling.seed)
+        extra = {"sampled_images": images, "colour_reference": rows}
+        images = transferred
+        logger.info("colours of %d images transferred from real patches of %s", len(images), colour_reference)
     with atomic_path(out_npz) as tmp:
         np.savez_compressed(
             tmp,
@@ -409,7 +453,8 @@ def sample_images(
             structures=structures,
             sampled_structures=sampled,
             instances=instances,
-            images=_concat(parts, "images", (0, size, size, 3), np.uint8),
+            images=images,
+            **extra,
         )
     return len(indices)
 
