@@ -50,6 +50,7 @@ from nudiff.errors import InputDataError
 from nudiff.imaging import image_from_model_range, transfer_colour
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
+from nudiff.runtime import resolve_cpu_bf16
 from nudiff.samples import (
     SAMPLE_COLUMNS,
     SampleReader,
@@ -79,7 +80,8 @@ class SamplingSettings:
     ``guidance_scale`` is w of the paper's eq. 6, eps' = (w + 1) eps_c - w eps_u. The
     authors' sampler computes eps_u + s (eps_c - eps_u) and was run with s = 2, which is
     w = s - 1 = 1: the default. The paper's text says w = 2 (3 eps_c - 2 eps_u).
-    ``cpu_bf16`` runs the network under bf16 autocast on the CPU (no effect on CUDA).
+    ``cpu_bf16`` runs the network under bf16 autocast on the CPU (no effect on CUDA); ``"auto"``
+    turns it on where the CPU has bf16 units (:func:`nudiff.runtime.cpu_has_bf16`).
     """
 
     sampler: SamplerName = "ddpm"
@@ -89,7 +91,10 @@ class SamplingSettings:
     clip_denoised: bool = True
     batch_size: int = 16
     seed: int = 0
-    cpu_bf16: bool = False
+    cpu_bf16: bool | str = False  # True, False or "auto" (resolved here)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cpu_bf16", resolve_cpu_bf16(self.cpu_bf16))
 
 
 @dataclass(frozen=True)

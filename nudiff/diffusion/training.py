@@ -35,6 +35,7 @@ from nudiff.errors import ConfigError, InputDataError
 from nudiff.figures import plot_loss_curve
 from nudiff.imaging import channels_first, dihedral, image_to_model_range
 from nudiff.io.digest import file_sha256
+from nudiff.runtime import resolve_cpu_bf16
 from nudiff.samples import SampleReader, read_sample_table
 from nudiff.structure import nuclei_structure, structure_to_model_range
 from nudiff.training.checkpoint import load_state, save_state
@@ -77,10 +78,13 @@ class DiffusionTraining:
     log_every: int = 100
     seed: int = 0
     gradient_checkpointing: bool = False
-    cpu_bf16: bool = False
+    cpu_bf16: bool | str = False  # True, False or "auto" (resolved here: on where the CPU has bf16 units)
     channels_last: bool = False
     fused_adamw: bool = False
     min_snr_gamma: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cpu_bf16", resolve_cpu_bf16(self.cpu_bf16))
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
