@@ -13,6 +13,9 @@ Variants (``--variants``, the first is the baseline of the ratios):
 * ``bf16``: ``cpu_bf16`` only (bf16 autocast on the CPU).
 * ``cl``: ``channels_last`` only; ``fused``: ``fused_adamw`` only.
 * ``fast``: ``cpu_bf16`` + ``channels_last`` + ``fused_adamw``.
+* ``compile`` / ``compile+bf16``: the network under ``torch.compile`` (inductor, default
+  mode), without / with ``cpu_bf16``; not a training option: measured to see whether it
+  would be one (its compile time, tens of seconds, is in the warm-up and not timed).
 
 All variants of one network are built first (same seed), then stepped round-robin
 (ABAB...), so a load change on a shared machine hits every variant alike; the table gives
@@ -43,6 +46,8 @@ VARIANTS = {
     "fused": {"fused_adamw": True},
     "bf16+cl": {"cpu_bf16": True, "channels_last": True},
     "fast": {"cpu_bf16": True, "channels_last": True, "fused_adamw": True},
+    "compile": {"compile": True},
+    "compile+bf16": {"compile": True, "cpu_bf16": True},
 }
 
 
@@ -64,6 +69,8 @@ def make_stepper(net: dict[str, Any], size: int, batch: int, options: dict[str, 
     from nudiff.diffusion.training import DiffusionTraining, make_optimizer, prepare_for_training, to_layout
     from nudiff.training.loop import make_ema
 
+    options = dict(options)
+    compiled = options.pop("compile", False)
     training = DiffusionTraining(lr=2e-3, weight_decay=0.0, ema_decay=0.995, batch_size=batch, **options)
     torch.manual_seed(0)
     model = UNet(UNetConfig(**net))
@@ -71,6 +78,7 @@ def make_stepper(net: dict[str, Any], size: int, batch: int, options: dict[str, 
     model.train()
     optimizer = make_optimizer(model, training)
     ema = make_ema(model, training.ema_decay, warmup=training.ema_warmup)
+    network = torch.compile(model) if compiled else model
     schedule = linear_schedule()
     data = torch.Generator().manual_seed(1)
     x0 = to_layout(torch.rand(batch, 3, size, size, generator=data) * 2 - 1, "cpu", training)
@@ -82,7 +90,7 @@ def make_stepper(net: dict[str, Any], size: int, batch: int, options: dict[str, 
         start = time.perf_counter()
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if training.cpu_bf16 else contextlib.nullcontext()
         with autocast:
-            loss = l_simple(model, x0, schedule, generator=generator, cond=cond if conditional else None)
+            loss = l_simple(network, x0, schedule, generator=generator, cond=cond if conditional else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loss.item()
