@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import ndimage
@@ -113,7 +114,8 @@ def test_pairs_and_augmented_set(models, tmp_path, tiny_labelled_csv):
 def test_colour_transfer_gives_each_image_the_colours_of_a_real_patch(models, tmp_path, tiny_labelled_csv):
     """With a colour reference, ``images`` are the sampled images (kept as ``sampled_images``)
     with the CIELAB mean and std of the real patch ``colour_reference`` names, drawn per sample
-    (the same sample draws the same patch in another run); labels and structures are untouched."""
+    among the real patches nearest in nuclear area fraction (the same sample draws the same
+    patch in another run); labels and structures are untouched."""
     structures = tmp_path / "structures.npz"
     sample_structures(
         models / "structure.pt", structures, n_total=4, n_shards=1, shard=0, sampling=SAMPLING, watershed=WATERSHED
@@ -128,7 +130,12 @@ def test_colour_transfer_gives_each_image_the_colours_of_a_real_patch(models, tm
             assert np.array_equal(m[key], p[key])
         rows = m["colour_reference"]
         assert rows.shape == (len(m["images"]),) and rows.min() >= 0 and rows.max() < len(reference)
+        k = max(1, round(synthesis.COLOUR_NEIGHBOURS * len(reference)))
+        for inst, r in zip(m["instances"], rows):
+            gaps = np.abs(reference["foreground_fraction"] - (inst > 0).mean())
+            assert gaps[r] <= np.sort(gaps)[k - 1]  # among the k nearest
         got = colour_statistics(m["images"])
+        reference = reference.drop(columns="foreground_fraction")
         for k, r in enumerate(rows):
             # rounding to uint8 and clipping to sRGB keep it from being exact
             np.testing.assert_allclose(got.iloc[k, :3], reference.iloc[r, :3], atol=2.0)
@@ -137,6 +144,17 @@ def test_colour_transfer_gives_each_image_the_colours_of_a_real_patch(models, tm
     sample_images(models / "image.pt", structures, moved, sampling=SAMPLING, colour_reference=tiny_labelled_csv)
     with np.load(moved) as m:
         assert np.array_equal(m["colour_reference"], first_rows)
+
+
+def test_colour_donors_are_near_in_nuclear_fraction_and_seeded():
+    """Donors come from the nearest tenth by foreground fraction (here: 2 of 20), vary with
+    the sample index, and repeat for the same (seed, index)."""
+    reference = pd.DataFrame({"foreground_fraction": np.linspace(0.0, 0.95, 20)})
+    fractions, indices = np.full(50, 0.51), np.arange(50)
+    rows = synthesis.colour_donors(fractions, indices, reference, seed=3)
+    assert set(rows) == {10, 11}  # fractions 0.5 and 0.55, the two nearest to 0.51
+    assert np.array_equal(rows, synthesis.colour_donors(fractions, indices, reference, seed=3))
+    assert not np.array_equal(rows, synthesis.colour_donors(fractions, indices, reference, seed=4))
 
 
 def test_transfer_colour_moves_the_lab_moments():

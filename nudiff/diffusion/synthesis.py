@@ -367,26 +367,47 @@ def sample_structures(
     return len(indices) - degenerate
 
 
+# Colour transfer draws its real patch among this share of them nearest in nuclear area
+# fraction: a patch's colour spread depends on how much of it is nucleus, so the colours of a
+# stroma-only patch would leave a crowded label's nuclei faint.
+COLOUR_NEIGHBOURS = 0.1
+
+
 def real_colours(labelled_csv: str | Path) -> pd.DataFrame:
-    """:func:`colour_statistics` of every real patch of a sample table, one row per patch in table order."""
+    """:func:`colour_statistics` of every real patch of a sample table and its label's
+    ``foreground_fraction``, one row per patch in table order."""
     table = read_sample_table(labelled_csv)
     table = table[table["origin"] == "real"].reset_index(drop=True)
     if table.empty:
         raise InputDataError(f"{labelled_csv}: no real patch to take colours from")
     reader = SampleReader(table)
-    return colour_statistics([reader[i][0] for i in range(len(reader))])
+    pairs = [reader[i] for i in range(len(reader))]
+    colours = colour_statistics([rgb for rgb, _ in pairs])
+    colours["foreground_fraction"] = [float((inst > 0).mean()) for _, inst in pairs]
+    return colours
+
+
+def colour_donors(fractions: np.ndarray, indices: np.ndarray, reference: pd.DataFrame, seed: int) -> np.ndarray:
+    """For each synthetic label (its nuclear area fraction), the row of ``reference`` whose colours
+    it takes: drawn uniformly, by the sample's own generator (stream ``colour``), among the
+    :data:`COLOUR_NEIGHBOURS` share of real patches nearest in foreground fraction."""
+    real = reference["foreground_fraction"].to_numpy()
+    k = max(1, int(round(COLOUR_NEIGHBOURS * len(real))))
+    rows = []
+    for fraction, index in zip(fractions, indices):
+        nearest = np.argsort(np.abs(real - fraction), kind="stable")[:k]
+        rows.append(nearest[np.random.default_rng([seed, STREAMS["colour"], int(index)]).integers(k)])
+    return np.array(rows, np.int64)
 
 
 def transfer_colours(
-    images: np.ndarray, indices: np.ndarray, reference: pd.DataFrame, seed: int
+    images: np.ndarray, instances: np.ndarray, indices: np.ndarray, reference: pd.DataFrame, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each image takes the CIELAB mean and std (:func:`transfer_colour`) of one real patch of
-    ``reference`` (a :func:`real_colours` table), drawn by the image's own generator (stream
-    ``colour``): the synthetic set gets the stain variety of the real one. Returns the images
+    ``reference`` (a :func:`real_colours` table) chosen by :func:`colour_donors` from its label
+    ``instances``: the synthetic set gets the stain variety of the real one. Returns the images
     and the row drawn for each."""
-    rows = np.array(
-        [np.random.default_rng([seed, STREAMS["colour"], int(i)]).integers(len(reference)) for i in indices], np.int64
-    )
+    rows = colour_donors((instances > 0).mean(axis=(1, 2)), indices, reference, seed)
     means = reference[["L_mean", "a_mean", "b_mean"]].to_numpy()
     stds = reference[["L_std", "a_std", "b_std"]].to_numpy()
     out = (
@@ -447,7 +468,7 @@ def sample_images(
     images = _concat(parts, "images", (0, size, size, 3), np.uint8)
     extra = {}
     if colour_reference is not None:
-        transferred, rows = transfer_colours(images, indices, real_colours(colour_reference), sampling.seed)
+        transferred, rows = transfer_colours(images, instances, indices, real_colours(colour_reference), sampling.seed)
         extra = {"sampled_images": images, "colour_reference": rows}
         images = transferred
         logger.info("colours of %d images transferred from real patches of %s", len(images), colour_reference)
