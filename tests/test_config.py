@@ -110,3 +110,28 @@ def test_building_the_dag_imports_no_torch():
     code = "\n".join([*imports, "import sys", "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert result.stdout.strip() == "[]", imports
+
+
+PRESETS = sorted(p.name for p in (Path(__file__).parents[1] / "config").glob("*.yaml") if p.name != "schema.yaml")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_passes_the_schema(preset):
+    """Each config/*.yaml is a whole config (--configfile replaces the default one): it must
+    pass the schema the workflow validates with, so a typo in a preset fails here, not hours
+    into a cluster run."""
+    from snakemake.utils import validate
+
+    root = Path(__file__).parents[1] / "config"
+    validate(yaml.safe_load((root / preset).read_text()), str(root / "schema.yaml"))
+
+
+def test_a_preset_with_a_misspelt_key_fails_the_schema():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    root = Path(__file__).parents[1] / "config"
+    config = yaml.safe_load((root / "monuseg-cpu.yaml").read_text())
+    config["diffusion"]["colour_transfers"] = config["diffusion"].pop("colour_transfer")
+    with pytest.raises(WorkflowError, match="colour_transfers"):
+        validate(config, str(root / "schema.yaml"))
