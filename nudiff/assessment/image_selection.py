@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from nudiff.assessment.segmenter_agreement import judge_images
-from nudiff.diffusion.quality import colour_distance, colour_statistics, real_pairs
+from nudiff.diffusion.quality import colour_distance, colour_statistics
 from nudiff.diffusion.selection import (
     Candidate,
     conditioning_maps,
@@ -36,7 +36,7 @@ from nudiff.diffusion.selection import (
     sample_conditioned_images,
     weight_candidates,
 )
-from nudiff.diffusion.synthesis import SamplingSettings
+from nudiff.diffusion.synthesis import SamplingSettings, real_colours
 from nudiff.diffusion.training import load_diffusion_model
 from nudiff.segmentation.train import load_segmenter
 
@@ -66,7 +66,7 @@ def select_image_weights(
     the chosen one.
     """
     maps = conditioning_maps(labelled_csv, n)
-    real_colour = colour_statistics(real_pairs(labelled_csv)[0])
+    real_colour = real_colours(labelled_csv)
     segmenter, meta = load_segmenter(segmenter_path, device)
     rows = []
     for candidate in weight_candidates(model_path):
