@@ -155,3 +155,14 @@ class SampleReader:
             except (OSError, KeyError, ValueError) as err:
                 raise InputDataError(f"cannot read synthetic shard {path}: {err}") from err
         return self._images[path], self._labels[path]
+
+
+def real_pairs(table_csv: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The (RGB, instance map) pairs of a sample table's real rows, in table order, as two lists."""
+    table = read_sample_table(table_csv)
+    table = table[table["origin"] == "real"].reset_index(drop=True)
+    if table.empty:
+        raise InputDataError(f"sample table {table_csv} holds no real patch")
+    reader = SampleReader(table)
+    pairs = [reader[i] for i in range(len(reader))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]

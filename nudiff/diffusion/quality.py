@@ -41,7 +41,7 @@ from nudiff.diffusion.quality_measures import (
 from nudiff.errors import InputDataError
 from nudiff.figures import image_grid, overlay_instances, render_structure, save_figure
 from nudiff.io.atomic import atomic_path
-from nudiff.samples import SampleReader, read_sample_table
+from nudiff.samples import real_pairs
 from nudiff.structure import nuclei_structure
 
 logger = logging.getLogger(__name__)
@@ -217,16 +217,6 @@ def read_shards(paths: Sequence[PathLike], keys: tuple[str, ...], argument: str)
     if len(shapes) > 1:
         raise InputDataError(f"shards of {argument} differ in patch shape {sorted(shapes)}: {list(map(str, paths))}")
     return {key: np.concatenate(arrays) for key, arrays in parts.items()}
-
-
-def real_pairs(labelled_csv: PathLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    table = read_sample_table(labelled_csv)
-    table = table[table["origin"] == "real"]
-    if table.empty:
-        raise InputDataError(f"sample table {labelled_csv} holds no real patch")
-    reader = SampleReader(table)
-    pairs = [reader[i] for i in range(len(reader))]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _check_same_size(real_inst: Sequence[np.ndarray], synthetic_inst: np.ndarray, where: str) -> None:

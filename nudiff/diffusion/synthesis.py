@@ -53,8 +53,8 @@ from nudiff.io.digest import file_sha256
 from nudiff.runtime import resolve_cpu_bf16
 from nudiff.samples import (
     SAMPLE_COLUMNS,
-    SampleReader,
     read_sample_table,
+    real_pairs,
     synthetic_samples,
     write_sample_table,
 )
@@ -376,14 +376,9 @@ COLOUR_NEIGHBOURS = 0.1
 def real_colours(labelled_csv: str | Path) -> pd.DataFrame:
     """:func:`colour_statistics` of every real patch of a sample table and its label's
     ``foreground_fraction``, one row per patch in table order."""
-    table = read_sample_table(labelled_csv)
-    table = table[table["origin"] == "real"].reset_index(drop=True)
-    if table.empty:
-        raise InputDataError(f"{labelled_csv}: no real patch to take colours from")
-    reader = SampleReader(table)
-    pairs = [reader[i] for i in range(len(reader))]
-    colours = colour_statistics([rgb for rgb, _ in pairs])
-    colours["foreground_fraction"] = [float((inst > 0).mean()) for _, inst in pairs]
+    images, maps = real_pairs(labelled_csv)
+    colours = colour_statistics(images)
+    colours["foreground_fraction"] = [float((inst > 0).mean()) for inst in maps]
     return colours
 
 
