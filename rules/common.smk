@@ -196,16 +196,21 @@ TRAINSETS = ["labelled", "augmented"]
 _PAPER_TABLES = {"monuseg": "monuseg", "kumar": "kumar"}
 
 
+JUDGE_MODEL = "hovernet"  # the segmenter-agreement judge (nudiff.assessment) reads Hover-Net
+
+
 def labelled_segmenter(name):
-    """A file of the first model and seed trained on the labelled subset: the judge of the
-    synthetic pairs (it never saw one)."""
-    return f"results/{{dataset}}/{{pct}}pct/segmentation/{MODELS[0]}/labelled/seed{SEEDS[0]}/{name}"
+    """A file of the Hover-Net of the first seed trained on the labelled subset: the judge of
+    the synthetic pairs (it never saw one); trained for the judge even if not in models."""
+    return f"results/{{dataset}}/{{pct}}pct/segmentation/{JUDGE_MODEL}/labelled/seed{SEEDS[0]}/{name}"
 
 
 def segmenter_training(wildcards):
-    """The model's training settings, with this run's seed and the shared watershed."""
-    training = config["segmentation"][wildcards.model]["training"]
-    return {**training, "seed": int(wildcards.seed), "watershed": config["watershed"]}
+    """The model's training settings, with this run's seed and how validation turns outputs
+    into instances (Hover-Net: the shared watershed; PFF-Net: its inference settings)."""
+    model = config["segmentation"][wildcards.model]
+    extra = {"watershed": config["watershed"]} if wildcards.model == "hovernet" else {"inference": model["inference"]}
+    return {**model["training"], "seed": int(wildcards.seed), **extra}
 
 
 def subset_scores(wildcards):

@@ -17,10 +17,13 @@ from nudiff.datasets.demo import make_demo_dataset
 from nudiff.diffusion.synthesis import CleanupSettings, SamplingSettings
 from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig
 from nudiff.diffusion.unet import UNetConfig
-from nudiff.evaluation import segment_test_images
+from nudiff.evaluation import hovernet_predictor
 from nudiff.features import extract_features
 from nudiff.patches import extract_patches
 from nudiff.segmentation.hovernet_config import HoVerNetConfig
+from nudiff.segmentation.pffnet_config import PFFNetConfig
+from nudiff.segmentation.pffnet_inference import predict_pffnet_instances
+from nudiff.segmentation.pffnet_train import PFFNetTraining
 from nudiff.segmentation.train import SegmenterTraining
 from nudiff.structure import instances_from_structure
 from nudiff.subsets import cluster_patches
@@ -36,6 +39,8 @@ CONSUMERS = {
     "$defs.unet": (UNetConfig, set()),
     "$defs.hovernet_network": (HoVerNetConfig, set()),
     "$defs.segmenter_training": (SegmenterTraining, set()),
+    "$defs.pffnet_network": (PFFNetConfig, set()),
+    "$defs.pffnet_training": (PFFNetTraining, set()),
     "$defs.diffusion_training": (DiffusionTraining, set()),
     "patches": (extract_patches, set()),
     "features": (extract_features, {"device"}),
@@ -44,7 +49,8 @@ CONSUMERS = {
     "diffusion.schedule": (ScheduleConfig, set()),
     "diffusion.sampling": (SamplingSettings, {"shards"}),  # rules/common.smk n_shards
     "diffusion.cleanup": (CleanupSettings, set()),
-    "segmentation.hovernet.inference": (segment_test_images, set()),
+    "segmentation.hovernet.inference": (hovernet_predictor, set()),
+    "segmentation.pffnet.inference": (predict_pffnet_instances, set()),
     "datasets.*.demo": (make_demo_dataset, set()),
 }
 

@@ -78,10 +78,16 @@ def test_every_rule_ran_and_wrote_its_outputs(tiny_run):
         assert (results / f"{pct}pct" / "synthetic" / "quality" / "samples.png").stat().st_size > 1000
     assert (results / "100pct" / "sampler_comparison" / "statistics.csv").is_file()
     metrics = pd.read_csv(results / "100pct" / "metrics.csv")
-    assert sorted(metrics["trainset"]) == ["augmented", "labelled"]
+    assert sorted(zip(metrics["model"], metrics["trainset"])) == [
+        ("hovernet", "augmented"),
+        ("hovernet", "labelled"),
+        ("pffnet", "augmented"),
+        ("pffnet", "labelled"),
+    ]
     assert {"dice", "aji", "aji_plus", "dq", "sq", "pq", "n_images"} <= set(metrics.columns)
     table = pd.read_csv(tiny_run / "results" / "table.csv")
-    assert len(table) == 4  # 2 subsets x (labelled, augmented), one model
+    assert len(table) == 8  # 2 subsets x (labelled, augmented) x (Hover-Net, PFF-Net)
+    assert "PFF-Net" in (tiny_run / "results" / "table.md").read_text()
     assert "tiny" in (tiny_run / "results" / "table.md").read_text()
     # every rule wrote a non-empty log
     logs = list((tiny_run / "logs").rglob("*.log"))
@@ -102,7 +108,7 @@ def test_changing_one_model_reruns_it_and_its_dependents_only(tiny_run, tmp_path
     change.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(tiny_run[0], config=change)
     assert jobs["train_image_model_guided"] == 2  # both subsets' guided image models
-    assert jobs["train_segmenter"] == 2  # only the augmented sets depend on them
+    assert jobs["train_segmenter"] == 4  # only the augmented sets depend on them (2 models)
     for untouched in (
         "train_structure_model",
         "train_image_model_conditional",

@@ -8,6 +8,7 @@ from nudiff.segmentation.train import train_segmenter
 train_segmenter(
     snakemake.input[0],
     snakemake.output.model,
+    model=snakemake.wildcards.model,
     network=snakemake.params.network,
     training=snakemake.params.training,
     checkpoint_dir=snakemake.params.checkpoint_dir,

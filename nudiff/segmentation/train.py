@@ -25,7 +25,7 @@ import logging
 import math
 import signal
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +39,7 @@ from nudiff.config import from_mapping
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
+from nudiff.runtime import resolve_cpu_bf16
 from nudiff.samples import SampleReader, read_sample_table
 from nudiff.segmentation.augment import (
     BRIGHTNESS,
@@ -69,8 +70,8 @@ LR_DECAY_FACTOR = 0.1  # HoVer-Net's StepLR gamma
 
 
 @dataclass(frozen=True)
-class SegmenterTraining:
-    """One Hover-Net training run; defaults follow HoVer-Net where it has a value.
+class SegmenterRun:
+    """The settings every segmenter's training run shares (Hover-Net's and PFF-Net's add theirs).
 
     Attributes:
         iterations: optimiser steps in all (unless ``epochs`` is set).
@@ -84,88 +85,58 @@ class SegmenterTraining:
             synthetic samples are added from a generator of their own; an augmented run and
             its labelled twin then see the same real stream, so their difference is the
             synthetic pairs' effect and not another draw of the real batches.
-        batch_size: patches per step (HoVer-Net: 16 in phase 1, 4 in phase 2).
-        lr: Adam learning rate (HoVer-Net 1e-4, betas 0.9, 0.999).
-        weight_decay: Adam L2 penalty (HoVer-Net: 0).
-        lr_decay_at: fraction of each phase after which the lr is divided by 10 (HoVer-Net 0.5);
-            None keeps it constant.
-        grad_clip: gradient-norm clipping (HoVer-Net: none).
-        encoder_weights: ``"none"``, ``"imagenet"`` (HoVer-Net; torchvision cache, ResNet50 encoder
-            only) or a path to a saved ``model.encoder`` state dict.
-        freeze_encoder_fraction: share of the iterations trained with the encoder frozen (phase 1;
-            HoVer-Net 0.5 with ImageNet weights); 0 = never.
+        batch_size: patches per step.
+        grad_clip: gradient-norm clipping (none in either paper recipe).
         validate_every: steps between validations (the last step is always validated).
         val_fraction: share of the real source images held out for validation; 0 = none.
-        augment: random flips/rotations and colour jitter of the training patches.
-        affine, blur_noise: HoVer-Net's affine warp and blur/noise augmentations (with ``augment``).
-        brightness, contrast, saturation, hue: colour jitter strengths (HoVer-Net's ranges, see
-            :func:`nudiff.segmentation.augment.colour_jitter`).
+        augment: random flips/rotations (and the model's further augmentations).
         checkpoint_every, keep_checkpoints, log_every: the loop's settings.
         loader_workers: DataLoader worker processes that prepare the batches (augmentation and
             targets) ahead of the training step; 0 prepares them in the training process.
             ``"auto"``: the job's torch threads - 1 on a CUDA device (the training process
             mostly waits for the GPU), 0 on the CPU (there the step already uses every thread
             of the job). The batches are the same for any value.
+        cpu_bf16: bf16 autocast of the training step on the CPU (CUDA always uses it): about
+            1.6x faster for Hover-Net where the CPU has bf16 units (AMX, AVX512-BF16);
+            ``"auto"`` = there. Normalisation, the losses and the weights stay float32.
         seed: seeds the weights, the validation split and every batch draw.
-        watershed: keyword arguments of ``instances_from_structure`` used for validation (and
-            by default at test time).
     """
 
     iterations: int = 20_000
     epochs: float | None = None
     mixing: str = "pooled"
     batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    lr_decay_at: float | None = 0.5
     grad_clip: float | None = None
-    encoder_weights: str = "none"
-    freeze_encoder_fraction: float = 0.0
     validate_every: int = 1000
     val_fraction: float = 0.1
     augment: bool = True
-    affine: bool = True
-    blur_noise: bool = True
-    brightness: float = BRIGHTNESS
-    contrast: float = CONTRAST
-    saturation: float = SATURATION
-    hue: float = HUE
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 100
     loader_workers: int | str = "auto"
+    cpu_bf16: bool | str = False  # True, False or "auto" (resolved here)
     seed: int = 0
-    watershed: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_size", "validate_every", "checkpoint_every", "keep_checkpoints", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"training.{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0 or not self.weight_decay >= 0:
-            raise ConfigError(
-                f"training.lr must be > 0 and training.weight_decay >= 0, got {self.lr}, {self.weight_decay}"
-            )
         if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
             raise ConfigError(f"training.epochs must be a positive number or null, got {self.epochs!r}")
         if self.mixing not in ("pooled", "paired"):
             raise ConfigError(f"training.mixing must be 'pooled' or 'paired', got {self.mixing!r}")
-        if self.lr_decay_at is not None and not 0 < self.lr_decay_at < 1:
-            raise ConfigError(f"training.lr_decay_at must be in (0, 1) or null, got {self.lr_decay_at!r}")
-        if not 0 <= self.freeze_encoder_fraction < 1:
-            raise ConfigError(
-                f"training.freeze_encoder_fraction must be in [0, 1), got {self.freeze_encoder_fraction!r}"
-            )
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
-        if not isinstance(self.watershed, dict):
-            raise ConfigError(f"training.watershed must be a mapping, got {self.watershed!r}")
         workers = self.loader_workers
         if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
             raise ConfigError(f"training.loader_workers must be 'auto' or an integer >= 0, got {workers!r}")
-        object.__setattr__(self, "watershed", dict(self.watershed))
+        try:
+            object.__setattr__(self, "cpu_bf16", resolve_cpu_bf16(self.cpu_bf16))
+        except ValueError as error:
+            raise ConfigError(f"training.{error}") from None
 
-    def with_epochs(self, n_patches: int) -> SegmenterTraining:
+    def with_epochs(self, n_patches: int) -> SegmenterRun:
         """These settings with ``iterations`` from ``epochs`` over ``n_patches`` (unchanged without epochs)."""
         if self.epochs is None:
             return self
@@ -185,10 +156,6 @@ class SegmenterTraining:
         settings = {k: v for k, v in asdict(self).items() if k != "loader_workers"}
         return {**settings, "batch_stream": BATCH_STREAM}
 
-    @property
-    def frozen_steps(self) -> int:
-        return round(self.freeze_encoder_fraction * self.iterations)
-
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
             iterations=self.iterations,
@@ -197,7 +164,70 @@ class SegmenterTraining:
             log_every=self.log_every,
             grad_clip=self.grad_clip,
             ema_decay=None,
+            cpu_bf16=self.cpu_bf16,
         )
+
+
+@dataclass(frozen=True)
+class SegmenterTraining(SegmenterRun):
+    """One Hover-Net training run: :class:`SegmenterRun` plus Hover-Net's optimiser, schedule and
+    augmentations; defaults follow HoVer-Net where it has a value.
+
+    Attributes:
+        batch_size: patches per step (HoVer-Net: 16 in phase 1, 4 in phase 2).
+        lr: Adam learning rate (HoVer-Net 1e-4, betas 0.9, 0.999).
+        weight_decay: Adam L2 penalty (HoVer-Net: 0).
+        lr_decay_at: fraction of each phase after which the lr is divided by 10 (HoVer-Net 0.5);
+            None keeps it constant.
+        encoder_weights: ``"none"``, ``"imagenet"`` (HoVer-Net; torchvision cache, ResNet50 encoder
+            only) or a path to a saved ``model.encoder`` state dict.
+        freeze_encoder_fraction: share of the iterations trained with the encoder frozen (phase 1;
+            HoVer-Net 0.5 with ImageNet weights); 0 = never.
+        augment: random flips/rotations and colour jitter of the training patches.
+        affine, blur_noise: HoVer-Net's affine warp and blur/noise augmentations (with ``augment``).
+        brightness, contrast, saturation, hue: colour jitter strengths (HoVer-Net's ranges, see
+            :func:`nudiff.segmentation.augment.colour_jitter`).
+        watershed: keyword arguments of ``instances_from_structure`` used for validation (and
+            by default at test time).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lr_decay_at: float | None = 0.5
+    encoder_weights: str = "none"
+    freeze_encoder_fraction: float = 0.0
+    affine: bool = True
+    blur_noise: bool = True
+    brightness: float = BRIGHTNESS
+    contrast: float = CONTRAST
+    saturation: float = SATURATION
+    hue: float = HUE
+    watershed: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ConfigError(
+                f"training.lr must be > 0 and training.weight_decay >= 0, got {self.lr}, {self.weight_decay}"
+            )
+        if self.lr_decay_at is not None and not 0 < self.lr_decay_at < 1:
+            raise ConfigError(f"training.lr_decay_at must be in (0, 1) or null, got {self.lr_decay_at!r}")
+        if not 0 <= self.freeze_encoder_fraction < 1:
+            raise ConfigError(
+                f"training.freeze_encoder_fraction must be in [0, 1), got {self.freeze_encoder_fraction!r}"
+            )
+        if not isinstance(self.watershed, dict):
+            raise ConfigError(f"training.watershed must be a mapping, got {self.watershed!r}")
+        object.__setattr__(self, "watershed", dict(self.watershed))
+
+    @property
+    def frozen_steps(self) -> int:
+        return round(self.freeze_encoder_fraction * self.iterations)
+
+    @property
+    def jitter(self) -> dict[str, Any]:
+        """:func:`augment_pair`'s keyword arguments of this run."""
+        return {k: getattr(self, k) for k in ("brightness", "contrast", "saturation", "hue", "affine", "blur_noise")}
 
 
 class PhaseSchedule:
@@ -238,6 +268,7 @@ class PhaseSchedule:
 # the seed streams of a step: its real (or pooled) samples and the synthetic extras of paired mixing
 REAL_STREAM, SYNTHETIC_STREAM = 0, 1
 BATCH_STREAM = "per-step-v1"
+TARGET_KINDS = {"structures", "instances"}
 
 
 def _step_seed(seed: int, step: int, stream: int) -> int:
@@ -262,9 +293,12 @@ class StepBatches(Dataset):
         synthetic_rows, per_batch_synthetic: paired mixing's extra synthetic samples per step,
             from a stream of their own (none when ``per_batch_synthetic`` is 0).
         augment, jitter: whether to augment, and :func:`augment_pair`'s keyword arguments.
+        targets: what each augmented instance map becomes: ``"structures"`` (its nuclei structure,
+            Hover-Net's targets) or ``"instances"`` (the map itself, for instance-level models).
 
     Returns (per item):
-        ``{"step": k, "images": (B, 3, S, S) uint8, "structures": (B, 3, S, S)}``.
+        ``{"step": k, "images": (B, 3, S, S) uint8, "structures": (B, 3, S, S)}``, or
+        ``"instances": (B, S, S)`` int32 in place of ``"structures"``.
     """
 
     def __init__(
@@ -279,7 +313,11 @@ class StepBatches(Dataset):
         jitter: dict[str, Any],
         synthetic_rows: np.ndarray | None = None,
         per_batch_synthetic: int = 0,
+        targets: str = "structures",
     ) -> None:
+        if targets not in TARGET_KINDS:
+            raise ValueError(f"targets must be one of {sorted(TARGET_KINDS)}, got {targets!r}")
+        self.targets = targets
         self.rgb, self.inst, self.rows = rgb, inst, np.asarray(rows)
         self.synthetic_rows = np.asarray([] if synthetic_rows is None else synthetic_rows, dtype=np.int64)
         if per_batch_synthetic and not len(self.synthetic_rows):
@@ -287,23 +325,24 @@ class StepBatches(Dataset):
         self.batch_size, self.per_batch_synthetic = batch_size, per_batch_synthetic
         self.seed, self.augment, self.jitter = seed, augment, dict(jitter)
 
-    def _draw(self, rows: np.ndarray, n: int, generator: torch.Generator, images: list, structures: list) -> None:
+    def _draw(self, rows: np.ndarray, n: int, generator: torch.Generator, images: list, targets: list) -> None:
         for i in rows[torch.randint(0, len(rows), (n,), generator=generator).numpy()]:
             pair = (self.rgb[i], self.inst[i])
             image, labels = augment_pair(*pair, generator, **self.jitter) if self.augment else pair
             images.append(image)
-            structures.append(nuclei_structure(labels))
+            targets.append(nuclei_structure(labels) if self.targets == "structures" else labels.astype(np.int32))
 
     def __getitem__(self, step: int) -> dict[str, Any]:
         images: list[np.ndarray] = []
-        structures: list[np.ndarray] = []
+        targets: list[np.ndarray] = []
         real = torch.Generator().manual_seed(_step_seed(self.seed, step, REAL_STREAM))
-        self._draw(self.rows, self.batch_size, real, images, structures)
+        self._draw(self.rows, self.batch_size, real, images, targets)
         if self.per_batch_synthetic:
             # a stream of its own: the real samples are those of a run without synthetic rows
             extra = torch.Generator().manual_seed(_step_seed(self.seed, step, SYNTHETIC_STREAM))
-            self._draw(self.synthetic_rows, self.per_batch_synthetic, extra, images, structures)
-        return {"step": step, "images": _to_batch(images), "structures": _to_batch(structures)}
+            self._draw(self.synthetic_rows, self.per_batch_synthetic, extra, images, targets)
+        stacked = _to_batch(targets) if self.targets == "structures" else torch.from_numpy(np.stack(targets))
+        return {"step": step, "images": _to_batch(images), self.targets: stacked}
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -366,90 +405,126 @@ class BatchStream:
             stream.close()
 
 
-def train_segmenter(
-    samples_csv: str | Path,
-    out_model: str | Path,
-    *,
-    network: dict[str, Any],
-    training: dict[str, Any],
-    checkpoint_dir: str | Path,
-    device: str = "cpu",
-    loss_csv: str | Path | None = None,
-    loss_png: str | Path | None = None,
-    validation_csv: str | Path | None = None,
-) -> BestWeights:
-    """Rule ``train_segmenter``: train Hover-Net on a sample table and save the best weights.
+@dataclass
+class TrainingData:
+    """The patches of one training run, split and ready for :class:`StepBatches`.
 
-    Args:
-        samples_csv: the training set (labelled or augmented subset; a sample table).
-        out_model: the model file (:func:`load_segmenter` reads it).
-        network: :class:`HoVerNetConfig` fields; training: :class:`SegmenterTraining` fields.
-        checkpoint_dir: periodic checkpoints (removed after success).
-        loss_csv, validation_csv, loss_png: the loss log, the validation log
-            (``step, dice, aji, score``) and a figure of both.
-
-    Returns:
-        The validation callback: ``best_step``, ``best_score``, ``table()``.
+    Attributes:
+        rgb, inst: the training patches ``(N, S, S, 3)`` uint8 and ``(N, S, S)``.
+        real_idx, synthetic_idx: rows of ``rgb`` that are real / synthetic.
+        val_rgb, val_inst: the held-out validation patches (empty when there are none).
+        settings: the run's settings with ``iterations`` resolved from ``epochs``.
+        per_batch_synthetic: paired mixing's synthetic samples per step (0 when pooled).
     """
-    try:
-        net_cfg = HoVerNetConfig.from_dict(network)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"network: {err}") from err
-    cfg = from_mapping(SegmenterTraining, training, "training")
+
+    rgb: np.ndarray
+    inst: np.ndarray
+    real_idx: np.ndarray
+    synthetic_idx: np.ndarray
+    val_rgb: np.ndarray
+    val_inst: np.ndarray
+    settings: SegmenterRun
+    per_batch_synthetic: int
+
+    @property
+    def paired(self) -> bool:
+        return self.settings.mixing == "paired"
+
+    @property
+    def size(self) -> int:
+        return self.rgb.shape[1]
+
+    def batches(self, *, jitter: Mapping[str, Any], targets: str) -> StepBatches:
+        """The run's :class:`StepBatches` (real rows only as the main stream when paired)."""
+        cfg = self.settings
+        return StepBatches(
+            self.rgb,
+            self.inst,
+            self.real_idx if self.paired else np.arange(len(self.rgb)),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            augment=cfg.augment,
+            jitter=jitter,
+            synthetic_rows=self.synthetic_idx,
+            per_batch_synthetic=self.per_batch_synthetic,
+            targets=targets,
+        )
+
+
+def load_training_data(samples_csv: str | Path, settings: SegmenterRun, model_label: str) -> TrainingData:
+    """Read a sample table, hold out the validation images, resolve epochs and mixing, and log it.
+
+    Raises:
+        InputDataError: nothing left to train on, or paired mixing without real samples.
+    """
     table = read_sample_table(samples_csv)
-    train_rows, val_rows = split_validation(table, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    train_rows, val_rows = split_validation(table, val_fraction=settings.val_fraction, seed=settings.seed)
     if len(train_rows) == 0:
         raise InputDataError(f"{samples_csv}: no training samples left after the validation split")
     reader = SampleReader(table)
     rgb, inst = reader.load_all(train_rows)
-    size = rgb.shape[1]
     synthetic = table["origin"].to_numpy()[train_rows] == "synthetic"
     real_idx, synthetic_idx = np.flatnonzero(~synthetic), np.flatnonzero(synthetic)
-    if cfg.mixing == "paired" and len(real_idx) == 0:
+    paired = settings.mixing == "paired"
+    if paired and len(real_idx) == 0:
         raise InputDataError(f"{samples_csv}: training.mixing 'paired' needs real samples, there are none")
-    paired = cfg.mixing == "paired"
-    per_batch_synthetic = round(cfg.batch_size * len(synthetic_idx) / len(real_idx)) if paired else 0
-    cfg = cfg.with_epochs(len(real_idx) if paired else len(train_rows))
-    try:
-        net_cfg.output_size(size)
-    except ValueError as err:
-        raise ConfigError(f"network: patches of {samples_csv} are {size} px: {err}") from err
+    per_batch_synthetic = round(settings.batch_size * len(synthetic_idx) / len(real_idx)) if paired else 0
+    settings = settings.with_epochs(len(real_idx) if paired else len(train_rows))
+    if len(val_rows):
+        val_rgb, val_inst = reader.load_all(val_rows)
+    else:
+        val_rgb, val_inst = rgb[:0], inst[:0]
     logger.info(
-        "training Hover-Net on %d patches (%d real, %d synthetic) of %d px from %s (%d validation patches); "
+        "training %s on %d patches (%d real, %d synthetic) of %d px from %s (%d validation patches); "
         "%d steps, batches of %d%s",
+        model_label,
         len(rgb),
         len(real_idx),
         len(synthetic_idx),
-        size,
+        rgb.shape[1],
         samples_csv,
         len(val_rows),
-        cfg.iterations,
-        cfg.batch_size,
+        settings.iterations,
+        settings.batch_size,
         f" real + {per_batch_synthetic} synthetic (paired)" if paired else " (pooled)",
     )
+    return TrainingData(rgb, inst, real_idx, synthetic_idx, val_rgb, val_inst, settings, per_batch_synthetic)
 
-    model = HoVerNet(net_cfg, generator=torch.Generator().manual_seed(cfg.seed))
-    load_encoder_weights(model, cfg.encoder_weights)
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
-    schedule = PhaseSchedule(model, optimizer, cfg)
-    jitter = {k: getattr(cfg, k) for k in ("brightness", "contrast", "saturation", "hue", "affine", "blur_noise")}
-    batches = StepBatches(
-        rgb,
-        inst,
-        real_idx if paired else np.arange(len(rgb)),
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        augment=cfg.augment,
-        jitter=jitter,
-        synthetic_rows=synthetic_idx,
-        per_batch_synthetic=per_batch_synthetic,
-    )
+
+def fit_segmenter(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: TrainingData,
+    *,
+    batches: StepBatches,
+    loss_fn: Callable[[nn.Module, dict[str, Any]], torch.Tensor],
+    score_fn: Callable[[nn.Module], Mapping[str, float]],
+    schedule: Any,
+    model_file: dict[str, Any],
+    fingerprint: dict[str, Any],
+    out_model: str | Path,
+    checkpoint_dir: str | Path,
+    device: str | torch.device,
+    loss_csv: str | Path | None,
+    loss_png: str | Path | None,
+    validation_csv: str | Path | None,
+) -> BestWeights:
+    """The training tail every segmenter shares: the batch stream, validation, checkpoints,
+    the loss log and figure, and the model file with the best validated weights.
+
+    Args:
+        batches: the run's batches; loss_fn: ``(model, batch) -> loss`` of one step (train mode).
+        score_fn: ``model -> {"dice", "aji", "score"}`` on the validation patches.
+        schedule: a loop callback with ``before_step`` and a ``step`` attribute (the lr schedule).
+        model_file: what the model file holds besides the weights and the validation record.
+        fingerprint: what defines the weights (a checkpoint of another fingerprint is not resumed).
+    """
+    cfg = data.settings
     workers = cfg.workers(device)
     logger.info("batches prepared by %s", f"{workers} loader worker(s)" if workers else "the training process")
     stream: BatchStream | None = None
 
-    def step(model: HoVerNet, generator: torch.Generator) -> torch.Tensor:
+    def step(model: nn.Module, generator: torch.Generator) -> torch.Tensor:
         nonlocal stream
         schedule.before_step()
         k = schedule.step + 1
@@ -461,26 +536,11 @@ def train_segmenter(
             raise RuntimeError(f"batch of step {batch['step']} arrived for step {k}")
         if k == cfg.iterations:  # the workers are not needed for validation and saving
             stream.close()
-        x = batch["images"].to(device, non_blocking=True).float().div_(255.0)
-        targets = structure_to_targets(batch["structures"].to(device, non_blocking=True))
-        return hovernet_loss(model(x), targets)[0]
+        return loss_fn(model, batch)
 
     validation = None
-    if len(val_rows):
-        val_rgb, val_inst = reader.load_all(val_rows)
-        validation = BestWeights(
-            lambda m: score_patches(m, val_rgb, val_inst, watershed=cfg.watershed, device=device),
-            every=cfg.validate_every,
-            iterations=cfg.iterations,
-        )
-    encoder = cfg.encoder_weights
-    fingerprint = {
-        "model": MODEL_NAME,
-        "network": net_cfg.to_dict(),
-        "training": cfg.fingerprint(),
-        "samples": file_sha256(samples_csv),
-        "encoder": file_sha256(encoder) if encoder not in ("none", "imagenet") else encoder,
-    }
+    if len(data.val_rgb):
+        validation = BestWeights(score_fn, every=cfg.validate_every, iterations=cfg.iterations)
 
     def save(result: TrainResult) -> None:
         nonlocal validation
@@ -489,14 +549,12 @@ def train_segmenter(
         save_state(
             out_model,
             {
-                "model": MODEL_NAME,
-                "network": net_cfg.to_dict(),
+                **model_file,
                 "state": validation.best_state,
                 "best_step": validation.best_step,
                 "best_score": validation.best_score,
                 "training": asdict(cfg),
-                "input_size": size,
-                "output_size": net_cfg.output_size(size),
+                "input_size": data.size,
                 "validation": validation.log,
             },
         )
@@ -525,6 +583,101 @@ def train_segmenter(
     return validation
 
 
+def train_segmenter(
+    samples_csv: str | Path,
+    out_model: str | Path,
+    *,
+    model: str = MODEL_NAME,
+    network: dict[str, Any],
+    training: dict[str, Any],
+    checkpoint_dir: str | Path,
+    device: str = "cpu",
+    loss_csv: str | Path | None = None,
+    loss_png: str | Path | None = None,
+    validation_csv: str | Path | None = None,
+) -> BestWeights:
+    """Rule ``train_segmenter``: train a segmenter on a sample table and save the best weights.
+
+    Args:
+        samples_csv: the training set (labelled or augmented subset; a sample table).
+        out_model: the model file (:func:`load_segmenter` reads it).
+        model: ``"hovernet"`` or ``"pffnet"`` (:func:`nudiff.segmentation.pffnet_train.train_pffnet`).
+        network: the model's network config fields (:class:`HoVerNetConfig` for Hover-Net);
+            training: its training settings (:class:`SegmenterTraining` for Hover-Net).
+        checkpoint_dir: periodic checkpoints (removed after success).
+        loss_csv, validation_csv, loss_png: the loss log, the validation log
+            (``step, dice, aji, score``) and a figure of both.
+
+    Returns:
+        The validation callback: ``best_step``, ``best_score``, ``table()``.
+    """
+    if model == "pffnet":
+        from nudiff.segmentation.pffnet_train import train_pffnet
+
+        return train_pffnet(
+            samples_csv,
+            out_model,
+            network=network,
+            training=training,
+            checkpoint_dir=checkpoint_dir,
+            device=device,
+            loss_csv=loss_csv,
+            loss_png=loss_png,
+            validation_csv=validation_csv,
+        )
+    if model != MODEL_NAME:
+        raise ConfigError(f"segmentation.models: unknown model {model!r} (hovernet, pffnet)")
+    try:
+        net_cfg = HoVerNetConfig.from_dict(network)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"network: {err}") from err
+    data = load_training_data(samples_csv, from_mapping(SegmenterTraining, training, "training"), "Hover-Net")
+    cfg: SegmenterTraining = data.settings  # type: ignore[assignment]
+    try:
+        net_cfg.output_size(data.size)
+    except ValueError as err:
+        raise ConfigError(f"network: patches of {samples_csv} are {data.size} px: {err}") from err
+
+    net = HoVerNet(net_cfg, generator=torch.Generator().manual_seed(cfg.seed))
+    load_encoder_weights(net, cfg.encoder_weights)
+    net.to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        x = batch["images"].to(device, non_blocking=True).float().div_(255.0)
+        targets = structure_to_targets(batch["structures"].to(device, non_blocking=True))
+        return hovernet_loss(model(x), targets)[0]
+
+    encoder = cfg.encoder_weights
+    return fit_segmenter(
+        net,
+        optimizer,
+        data,
+        batches=data.batches(jitter=cfg.jitter, targets="structures"),
+        loss_fn=loss_fn,
+        score_fn=lambda m: score_patches(m, data.val_rgb, data.val_inst, watershed=cfg.watershed, device=device),
+        schedule=PhaseSchedule(net, optimizer, cfg),
+        model_file={
+            "model": MODEL_NAME,
+            "network": net_cfg.to_dict(),
+            "output_size": net_cfg.output_size(data.size),
+        },
+        fingerprint={
+            "model": MODEL_NAME,
+            "network": net_cfg.to_dict(),
+            "training": cfg.fingerprint(),
+            "samples": file_sha256(samples_csv),
+            "encoder": file_sha256(encoder) if encoder not in ("none", "imagenet") else encoder,
+        },
+        out_model=out_model,
+        checkpoint_dir=checkpoint_dir,
+        device=device,
+        loss_csv=loss_csv,
+        loss_png=loss_png,
+        validation_csv=validation_csv,
+    )
+
+
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[HoVerNet, dict[str, Any]]:
     """Rebuild a model saved by :func:`train_segmenter`, in eval mode on ``device``.
 
@@ -539,3 +692,13 @@ def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tupl
     model.load_state_dict(state["state"])
     meta = {k: v for k, v in state.items() if k != "state"}
     return model.to(device).eval(), meta
+
+
+def load_any_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a Hover-Net or PFF-Net model file (its ``model`` entry says which), in eval mode."""
+    name = load_state(path).get("model")
+    if name == "pffnet":
+        from nudiff.segmentation.pffnet_train import load_pffnet
+
+        return load_pffnet(path, device)
+    return load_segmenter(path, device)
