@@ -183,6 +183,18 @@ class PFFNetRoIHeads(RoIHeads):
             for r, i, lab, shape in zip(refined, positive, pos_labels, image_shapes)
         ]
 
+        if not sum(len(i) for i in positive):  # no positive RoI in the batch: nothing for the mask heads
+            # (and their empty-batch backward fails in PixelShuffle under CPU autocast)
+            size = 2 * self.mask_roi_pool.output_size[0]
+            zero = class_logits.sum() * 0.0
+            losses = {
+                "loss_classifier": loss_classifier,
+                "loss_box_reg": loss_box_reg,
+                "loss_mask": zero,
+                "loss_maskiou": zero,
+            }
+            empty = class_logits.new_zeros((0, class_logits.shape[1], size, size))
+            return [{"boxes": b, "mask_logits": empty} for b in pos_boxes], losses
         roi_features = self.mask_roi_pool(features, pos_proposals, image_shapes)
         mask_logits = self.mask_predictor(self.mask_head(roi_features))
         size = mask_logits.shape[-1]
