@@ -488,6 +488,16 @@ def test_paired_mixing_rounds_the_synthetic_share_and_pooled_epochs_count_every_
     assert pd.read_csv(tmp_path / "pooled_loss.csv")["step"].tolist() == list(range(1, 7))
 
 
+def test_paired_mixing_never_rounds_the_synthetic_pairs_away(tmp_path, monkeypatch):
+    """2 synthetic rows with 18 real, batches of 4: round(4 * 2 / 18) = round(0.44) = 0 would
+    make the augmented run its labelled twin; it gets 1 synthetic sample per step instead."""
+    samples = sample_table(tmp_path)
+    mixed, synthetic_images = with_synthetic(tmp_path, samples, 2)
+    calls, steps = recorded_run(tmp_path, monkeypatch, mixed, "few", iterations=2, mixing="paired")
+    assert [s["np"].shape[0] for s in steps] == [5, 5]
+    assert [c[0] in synthetic_images for c in calls] == [False] * 4 + [True] + [False] * 4 + [True]
+
+
 def test_mixing_and_epochs_are_checked(tmp_path):
     """Bad mixing or epochs name their key; epochs give ceil(epochs * n / batch_size) steps;
     paired mixing needs real samples."""

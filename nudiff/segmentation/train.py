@@ -468,7 +468,19 @@ def load_training_data(samples_csv: str | Path, settings: SegmenterRun, model_la
     paired = settings.mixing == "paired"
     if paired and len(real_idx) == 0:
         raise InputDataError(f"{samples_csv}: training.mixing 'paired' needs real samples, there are none")
-    per_batch_synthetic = round(settings.batch_size * len(synthetic_idx) / len(real_idx)) if paired else 0
+    per_batch_synthetic = 0
+    if paired and len(synthetic_idx):
+        share = settings.batch_size * len(synthetic_idx) / len(real_idx)
+        # at least one: rounding a small share to 0 would train the augmented run on the real
+        # stream alone, i.e. make it its labelled twin
+        per_batch_synthetic = max(1, round(share))
+        if round(share) == 0:
+            logger.warning(
+                "paired mixing: %d synthetic per %d real samples is %.2f per batch; using 1 (a larger share)",
+                len(synthetic_idx),
+                len(real_idx),
+                share,
+            )
     settings = settings.with_epochs(len(real_idx) if paired else len(train_rows))
     if len(val_rows):
         val_rgb, val_inst = reader.load_all(val_rows)

@@ -7,7 +7,9 @@ Sizes: "demo" is the network of ``config/config.yaml`` (its batch of 64 px patch
 * train: seconds per step of forward (all nine losses) + backward + SGD, as ``train_pffnet``
   runs it, in float32 and under CPU bf16 autocast, stepped alternately (ABAB...) so a load
   change on a shared machine hits both alike; medians and their ratio. Building the targets
-  (``instance_targets``) is done once, outside the timing.
+  (``instance_targets``) is done once, outside the timing. The FLOPs of one forward +
+  backward (``FlopCounterMode``: convolutions and matrix products; the RoI sampling draws
+  from torch's RNG, so the count is of one draw) feed the GPU cost estimate in the README.
 * infer: one 1000 x 1000 MoNuSeg test image through ``predict_pffnet_instances`` (one pass, as
   PFF-Net's ``tcga_infer.py``): network seconds, post-processing seconds (ranking, pasting,
   overlap removal), detections kept. The paper network is untrained here, so its detection
@@ -82,6 +84,11 @@ def bench_train(kind: str, warmup: int, steps: int, device: torch.device) -> dic
                 times[mode].append(time.perf_counter() - tic)
     fp32, bf16 = median(times["fp32"]), median(times["bf16"])
     n_params = sum(p.numel() for p in nets["fp32"].parameters())
+
+    def step() -> None:  # one more fp32 step, counted (no CPU attention here, so the CPU count holds)
+        sum(nets["fp32"](x, targets).values()).backward()
+
+    flops = benchkit.count_flops(step)
     return {
         "part": "train",
         "size": kind,
@@ -91,6 +98,7 @@ def bench_train(kind: str, warmup: int, steps: int, device: torch.device) -> dic
         "fp32_s": fp32,
         "bf16_s": bf16,
         "ratio": fp32 / bf16,
+        "step_gflop": flops / 1e9,
         "steps": steps,
         "maxrss_mib": benchkit.maxrss_mib(),
     }
@@ -150,6 +158,7 @@ def main() -> None:
                     ("fp32_s", "fp32 s/step", ".3f"),
                     ("bf16_s", "bf16 s/step", ".3f"),
                     ("ratio", "fp32 / bf16", ".2f"),
+                    ("step_gflop", "GFLOP per step", ".1f"),
                     ("maxrss_mib", "peak RSS (MiB)", ".0f"),
                 ],
             )
