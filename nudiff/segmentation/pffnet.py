@@ -76,7 +76,6 @@ _RPN_POST_NMS_TOP_N_TRAIN = 2000  # per image
 _ROI = dict(
     fg_iou_thresh=0.5,
     bg_iou_thresh=0.5,
-    batch_size_per_image=512,
     positive_fraction=0.25,
     bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
     score_thresh=0.05,
@@ -370,6 +369,7 @@ def _build_roi_heads(config: PFFNetConfig, norm_layer: partial[nn.GroupNorm]) ->
             c, config.maskiou_channels, config.maskiou_fc, config.mask_pool, N_CLASSES, norm_layer
         ),
         quality_alpha=config.quality_alpha,
+        batch_size_per_image=config.roi_batch_per_image,
         **_ROI,
     )
 

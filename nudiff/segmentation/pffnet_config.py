@@ -38,6 +38,9 @@ class PFFNetConfig:
         rpn_pre_nms_top_n_test: proposals kept per FPN level before NMS at test time (30000).
         rpn_post_nms_top_n_test: proposals kept per image after NMS at test time (8000).
         box_head_dim: width of the box head's two fully connected layers (1024).
+        roi_batch_per_image: RoIs sampled per training image for the box head (512; a quarter
+            positive at most). Small patches with few nuclei train as well with fewer, and the
+            RoIAlign backward, about half of a small network's CPU step, shrinks with them.
         detections_per_image: detections kept per image at test time (4000).
         mask_pool: RoIAlign output size of the mask head (14); the masks are twice as large (28).
         mask_conv_layers: output channels of the mask head's 3x3 convs (256 x 4).
@@ -60,6 +63,7 @@ class PFFNetConfig:
     rpn_pre_nms_top_n_test: int = 30000
     rpn_post_nms_top_n_test: int = 8000
     box_head_dim: int = 1024
+    roi_batch_per_image: int = 512
     detections_per_image: int = 4000
     mask_pool: int = 14
     mask_conv_layers: tuple[int, ...] = (256, 256, 256, 256)
@@ -98,6 +102,7 @@ class PFFNetConfig:
             "rpn_pre_nms_top_n_test",
             "rpn_post_nms_top_n_test",
             "box_head_dim",
+            "roi_batch_per_image",
             "detections_per_image",
             "mask_pool",
             "maskiou_channels",
