@@ -64,6 +64,12 @@ def local_partition() -> str:
     return name
 
 
+def node_cpus(partition: str) -> str:
+    """CPUs of the partition's nodes (the test cluster has one node: the machine's cores)."""
+    out = subprocess.run(["sinfo", "-h", "-p", partition, "-o", "%c"], capture_output=True, text=True, check=True)
+    return out.stdout.split()[0].rstrip("+")
+
+
 def slurm_command(workdir: Path, partition: str, configs: list[str], *targets: str) -> list[str]:
     """snakemake with the profile, plus what the CI cluster (no accounting) needs on top."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
@@ -85,6 +91,8 @@ def slurm_command(workdir: Path, partition: str, configs: list[str], *targets: s
         "--slurm-keep-successful-logs",  # the checks read them
         "--retries",
         "0",  # fail fast in CI rather than retrying a broken job
+        "--cores",
+        node_cpus(partition),  # the most one (group) job may ask for: more would wait forever
         "--default-resources",
         *[f"{key}={value}" for key, value in resources.items()],
     ]
