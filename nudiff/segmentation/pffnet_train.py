@@ -33,7 +33,7 @@ from nudiff.metrics import aji, dice
 from nudiff.segmentation.pffnet import PFFNet
 from nudiff.segmentation.pffnet_config import PFFNetConfig
 from nudiff.segmentation.pffnet_inference import predict_pffnet_instances
-from nudiff.segmentation.train import BestWeights, SegmenterRun, fit_segmenter, load_training_data
+from nudiff.segmentation.train import BestWeights, SegmenterRun, fit_segmenter, load_training_data, rebuild_model
 from nudiff.training.checkpoint import load_state
 
 logger = logging.getLogger(__name__)
@@ -267,12 +267,10 @@ def train_pffnet(
         )
 
 
-def load_pffnet(path: str | Path, device: str | torch.device = "cpu") -> tuple[PFFNet, dict[str, Any]]:
-    """Rebuild a PFF-Net saved by :func:`train_pffnet`, in eval mode on ``device``."""
-    state = load_state(path)
-    if state.get("model") != MODEL_NAME:
-        raise InputDataError(f"{path} holds a {state.get('model')!r} model, expected {MODEL_NAME!r}")
-    model = PFFNet(PFFNetConfig.from_dict(state["network"]))
-    model.load_state_dict(state["state"])
-    meta = {k: v for k, v in state.items() if k != "state"}
-    return model.to(device).eval(), meta
+def load_pffnet(
+    path: str | Path, device: str | torch.device = "cpu", *, state: dict[str, Any] | None = None
+) -> tuple[PFFNet, dict[str, Any]]:
+    """Rebuild a PFF-Net saved by :func:`train_pffnet`, in eval mode on ``device`` (``state``:
+    the file's contents when already read)."""
+    state = load_state(path) if state is None else state
+    return rebuild_model(path, state, MODEL_NAME, lambda net: PFFNet(PFFNetConfig.from_dict(net)), device)

@@ -690,27 +690,44 @@ def train_segmenter(
     )
 
 
-def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[HoVerNet, dict[str, Any]]:
-    """Rebuild a model saved by :func:`train_segmenter`, in eval mode on ``device``.
-
-    Returns:
-        ``(model, meta)``: meta holds every saved entry but the weights (``network``,
-        ``training``, ``input_size``, ``output_size``, ``best_step``, ``best_score``, ``validation``).
-    """
-    state = load_state(path)
-    if state.get("model") != MODEL_NAME:
-        raise InputDataError(f"{path} holds a {state.get('model')!r} model, expected {MODEL_NAME!r}")
-    model = HoVerNet(HoVerNetConfig.from_dict(state["network"]))
+def rebuild_model(
+    path: str | Path,
+    state: dict[str, Any],
+    name: str,
+    build: Callable[[dict[str, Any]], nn.Module],
+    device: str | torch.device,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A model file's network (``build(state["network"])``) with its weights, in eval mode on
+    ``device``, and its other entries; the file must hold a ``name`` model."""
+    if state.get("model") != name:
+        raise InputDataError(f"{path} holds a {state.get('model')!r} model, expected {name!r}")
+    model = build(state["network"])
     model.load_state_dict(state["state"])
     meta = {k: v for k, v in state.items() if k != "state"}
     return model.to(device).eval(), meta
 
 
+def load_segmenter(
+    path: str | Path, device: str | torch.device = "cpu", *, state: dict[str, Any] | None = None
+) -> tuple[HoVerNet, dict[str, Any]]:
+    """Rebuild a model saved by :func:`train_segmenter`, in eval mode on ``device``.
+
+    Args:
+        state: the file's contents when already read (else it is read here).
+
+    Returns:
+        ``(model, meta)``: meta holds every saved entry but the weights (``network``,
+        ``training``, ``input_size``, ``output_size``, ``best_step``, ``best_score``, ``validation``).
+    """
+    state = load_state(path) if state is None else state
+    return rebuild_model(path, state, MODEL_NAME, lambda net: HoVerNet(HoVerNetConfig.from_dict(net)), device)
+
+
 def load_any_segmenter(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a Hover-Net or PFF-Net model file (its ``model`` entry says which), in eval mode."""
-    name = load_state(path).get("model")
-    if name == "pffnet":
+    state = load_state(path)
+    if state.get("model") == "pffnet":
         from nudiff.segmentation.pffnet_train import load_pffnet
 
-        return load_pffnet(path, device)
-    return load_segmenter(path, device)
+        return load_pffnet(path, device, state=state)
+    return load_segmenter(path, device, state=state)
