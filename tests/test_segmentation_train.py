@@ -498,6 +498,86 @@ def test_paired_mixing_never_rounds_the_synthetic_pairs_away(tmp_path, monkeypat
     assert [c[0] in synthetic_images for c in calls] == [False] * 4 + [True] + [False] * 4 + [True]
 
 
+def test_a_set_synthetic_count_per_batch_replaces_the_proportional_share(tmp_path, monkeypatch):
+    """8 synthetic rows with 18 real, batches of 4: auto would add round(32 / 18) = 2 synthetic
+    samples per step; synthetic_per_batch 1 adds exactly one, after the same 4 real ones."""
+    samples = sample_table(tmp_path)
+    mixed, synthetic_images = with_synthetic(tmp_path, samples, 8)
+    calls, steps = recorded_run(
+        tmp_path, monkeypatch, mixed, "one", iterations=2, mixing="paired", synthetic_per_batch=1
+    )
+    assert [s["np"].shape[0] for s in steps] == [5, 5]
+    assert [c[0] in synthetic_images for c in calls] == ([False] * 4 + [True]) * 2
+
+
+def test_synthetic_pretraining_comes_first_then_the_labelled_runs_steps(tmp_path, monkeypatch):
+    """8 synthetic rows, batches of 4, synthetic_pretrain_epochs 1: ceil(8 / 4) = 2 steps of 4
+    synthetic samples, then exactly the 3 steps (same real samples, same augmentations, same
+    targets) of the run on the real rows alone; synthetic_per_batch 0 adds no extras to them."""
+    samples = sample_table(tmp_path)
+    mixed, synthetic_images = with_synthetic(tmp_path, samples, 8)
+    real_calls, real_steps = recorded_run(tmp_path, monkeypatch, samples, "real", epochs=0.5, mixing="paired")
+    calls, steps = recorded_run(
+        tmp_path,
+        monkeypatch,
+        mixed,
+        "pretrained",
+        epochs=0.5,
+        mixing="paired",
+        synthetic_per_batch=0,
+        synthetic_pretrain_epochs=1,
+    )
+    assert pd.read_csv(tmp_path / "pretrained_loss.csv")["step"].tolist() == [1, 2, 3, 4, 5]
+    assert all(c[0] in synthetic_images for c in calls[:8])
+    assert len(calls[8:]) == len(real_calls) == 12
+    for (a_in, a_rgb, a_inst), (b_in, b_rgb, b_inst) in zip(real_calls, calls[8:]):
+        assert a_in == b_in and np.array_equal(a_rgb, b_rgb) and np.array_equal(a_inst, b_inst)
+    for step in range(3):
+        for key in ("np", "hv"):
+            assert torch.equal(steps[2 + step][key], real_steps[step][key])
+
+
+def test_phase_schedule_after_synthetic_pretraining_is_the_schedule_without_it():
+    """3 pre-training steps at the full lr with the encoder trained, a fresh Adam state after
+    them, then the phases of test_phase_schedule_... shifted by 3."""
+    model = HoVerNet(TINY, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
+    cfg = SegmenterTraining(iterations=13, lr=1.0, lr_decay_at=0.5, freeze_encoder_fraction=0.4)
+    schedule = PhaseSchedule(model, optimizer, cfg, pretrain_steps=3)
+    assert [schedule.lr_at(s) for s in range(1, 14)] == [1, 1, 1] + [1, 1, 0.1, 0.1, 1, 1, 1, 0.1, 0.1, 0.1]
+    schedule.before_step()
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    optimizer.state[next(model.decoders.parameters())]["step"] = torch.tensor(1.0)
+    schedule.after_step(3, model, None)
+    assert not optimizer.state
+    schedule.before_step()  # step 4: phase 1, encoder frozen
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    optimizer.state[next(model.decoders.parameters())]["step"] = torch.tensor(1.0)
+    schedule.after_step(7, model, None)
+    assert not optimizer.state
+    schedule.before_step()
+    assert all(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_synthetic_settings_are_checked(tmp_path):
+    """Bad counts name their key; an augmented paired run that would never see its synthetic
+    pairs is refused, naming the table; PFF-Net has no pre-training."""
+    for bad in (-1, 1.5, True, "all"):
+        with pytest.raises(ConfigError, match="synthetic_per_batch"):
+            SegmenterTraining(synthetic_per_batch=bad)
+    for bad in (-1, True, "1"):
+        with pytest.raises(ConfigError, match="synthetic_pretrain_epochs"):
+            SegmenterTraining(synthetic_pretrain_epochs=bad)
+    samples = sample_table(tmp_path)
+    mixed, _ = with_synthetic(tmp_path, samples, 4)
+    with pytest.raises(ConfigError, match="never be trained on"):
+        run(tmp_path, mixed, "unused", mixing="paired", synthetic_per_batch=0)
+    from nudiff.segmentation.pffnet_train import PFFNetTraining
+
+    with pytest.raises(ConfigError, match="synthetic_pretrain_epochs"):
+        PFFNetTraining(synthetic_pretrain_epochs=1)
+
+
 def test_mixing_and_epochs_are_checked(tmp_path):
     """Bad mixing or epochs name their key; epochs give ceil(epochs * n / batch_size) steps;
     paired mixing needs real samples."""

@@ -87,6 +87,9 @@ class PFFNetTraining(SegmenterRun):
             )
         if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
             raise ConfigError(f"training.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if self.synthetic_pretrain_epochs:
+            # its warm-up and step schedule have no pre-training phase yet (Hover-Net's has)
+            raise ConfigError("training.synthetic_pretrain_epochs: PFF-Net has no synthetic pre-training; use 0")
         steps = tuple(self.lr_steps)
         if any(not 0 < f < 1 for f in steps) or list(steps) != sorted(steps):
             raise ConfigError(f"training.lr_steps must be increasing fractions in (0, 1), got {self.lr_steps!r}")

@@ -85,6 +85,13 @@ class SegmenterRun:
             synthetic samples are added from a generator of their own; an augmented run and
             its labelled twin then see the same real stream, so their difference is the
             synthetic pairs' effect and not another draw of the real batches.
+        synthetic_per_batch: paired mixing's synthetic samples per step: ``"auto"`` = the
+            proportional share above, or a count (0 with ``synthetic_pretrain_epochs`` trains
+            the schedule on the real stream alone, after the synthetic pre-training).
+        synthetic_pretrain_epochs: epochs over the synthetic pairs trained on them alone
+            before the run's own schedule starts (0 = none). The steps after them are those of
+            the run without pre-training (same real stream, same lr schedule, a fresh optimiser
+            state), so the synthetic pairs act as an initialisation of the labelled run.
         batch_size: patches per step.
         grad_clip: gradient-norm clipping (none in either paper recipe).
         validate_every: steps between validations (the last step is always validated).
@@ -105,6 +112,8 @@ class SegmenterRun:
     iterations: int = 20_000
     epochs: float | None = None
     mixing: str = "pooled"
+    synthetic_per_batch: int | str = "auto"
+    synthetic_pretrain_epochs: float = 0.0
     batch_size: int = 8
     grad_clip: float | None = None
     validate_every: int = 1000
@@ -126,6 +135,12 @@ class SegmenterRun:
             raise ConfigError(f"training.epochs must be a positive number or null, got {self.epochs!r}")
         if self.mixing not in ("pooled", "paired"):
             raise ConfigError(f"training.mixing must be 'pooled' or 'paired', got {self.mixing!r}")
+        count = self.synthetic_per_batch
+        if count != "auto" and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            raise ConfigError(f"training.synthetic_per_batch must be 'auto' or an integer >= 0, got {count!r}")
+        pretrain = self.synthetic_pretrain_epochs
+        if isinstance(pretrain, bool) or not isinstance(pretrain, (int, float)) or pretrain < 0:
+            raise ConfigError(f"training.synthetic_pretrain_epochs must be a number >= 0, got {pretrain!r}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         workers = self.loader_workers
@@ -221,10 +236,6 @@ class SegmenterTraining(SegmenterRun):
         object.__setattr__(self, "watershed", dict(self.watershed))
 
     @property
-    def frozen_steps(self) -> int:
-        return round(self.freeze_encoder_fraction * self.iterations)
-
-    @property
     def jitter(self) -> dict[str, Any]:
         """:func:`augment_pair`'s keyword arguments of this run."""
         return {k: getattr(self, k) for k in ("brightness", "contrast", "saturation", "hue", "affine", "blur_noise")}
@@ -233,29 +244,51 @@ class SegmenterTraining(SegmenterRun):
 class PhaseSchedule:
     """HoVer-Net's two phases as a loop callback: :meth:`before_step` sets the encoder's
     ``requires_grad`` and the lr of the coming step; at the end of phase 1 the Adam state is
-    dropped (HoVer-Net builds a new optimiser for phase 2)."""
+    dropped (HoVer-Net builds a new optimiser for phase 2).
 
-    def __init__(self, model: HoVerNet, optimizer: torch.optim.Optimizer, settings: SegmenterTraining) -> None:
+    ``pretrain_steps`` of synthetic pre-training come first, at the full lr with the whole
+    network trained; the phases then run as in a run without them, from a fresh Adam state.
+    """
+
+    def __init__(
+        self,
+        model: HoVerNet,
+        optimizer: torch.optim.Optimizer,
+        settings: SegmenterTraining,
+        *,
+        pretrain_steps: int = 0,
+    ) -> None:
         self.model, self.optimizer, self.settings = model, optimizer, settings
+        self.pretrain_steps = pretrain_steps
         self.step = 0
 
-    def lr_at(self, step: int) -> float:
+    @property
+    def frozen_steps(self) -> int:
+        """Phase 1's steps: a share of the steps after the pre-training."""
         s = self.settings
-        start, length = (
-            (1, s.frozen_steps) if step <= s.frozen_steps else (s.frozen_steps + 1, s.iterations - s.frozen_steps)
-        )
+        return round(s.freeze_encoder_fraction * (s.iterations - self.pretrain_steps))
+
+    def lr_at(self, step: int) -> float:
+        s, frozen = self.settings, self.frozen_steps
+        if step <= self.pretrain_steps:
+            return s.lr
+        step -= self.pretrain_steps
+        length = s.iterations - self.pretrain_steps
+        start, length = (1, frozen) if step <= frozen else (frozen + 1, length - frozen)
         decayed = s.lr_decay_at is not None and step - start >= s.lr_decay_at * length
         return s.lr * (LR_DECAY_FACTOR if decayed else 1.0)
 
     def before_step(self) -> None:
         step = self.step + 1
-        self.model.encoder.requires_grad_(step > self.settings.frozen_steps)
+        pretraining = step <= self.pretrain_steps
+        self.model.encoder.requires_grad_(pretraining or step - self.pretrain_steps > self.frozen_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
 
     def after_step(self, step: int, model: nn.Module, ema: nn.Module | None) -> None:
         self.step = step
-        if step == self.settings.frozen_steps:
+        ends_pretraining = self.pretrain_steps and step == self.pretrain_steps
+        if ends_pretraining or (self.frozen_steps and step == self.pretrain_steps + self.frozen_steps):
             self.optimizer.state.clear()
 
     def state_dict(self) -> dict[str, Any]:
@@ -292,6 +325,9 @@ class StepBatches(Dataset):
             the real ones when paired).
         synthetic_rows, per_batch_synthetic: paired mixing's extra synthetic samples per step,
             from a stream of their own (none when ``per_batch_synthetic`` is 0).
+        pretrain_steps: the first steps draw all ``batch_size`` samples from ``synthetic_rows``
+            (synthetic pre-training); step ``pretrain_steps + k`` then draws the real samples of
+            step ``k`` of a run without pre-training.
         augment, jitter: whether to augment, and :func:`augment_pair`'s keyword arguments.
         targets: what each augmented instance map becomes: ``"structures"`` (its nuclei structure,
             Hover-Net's targets) or ``"instances"`` (the map itself, for instance-level models).
@@ -313,6 +349,7 @@ class StepBatches(Dataset):
         jitter: dict[str, Any],
         synthetic_rows: np.ndarray | None = None,
         per_batch_synthetic: int = 0,
+        pretrain_steps: int = 0,
         targets: str = "structures",
     ) -> None:
         if targets not in TARGET_KINDS:
@@ -320,9 +357,10 @@ class StepBatches(Dataset):
         self.targets = targets
         self.rgb, self.inst, self.rows = rgb, inst, np.asarray(rows)
         self.synthetic_rows = np.asarray([] if synthetic_rows is None else synthetic_rows, dtype=np.int64)
-        if per_batch_synthetic and not len(self.synthetic_rows):
-            raise ValueError("per_batch_synthetic needs synthetic rows")
+        if (per_batch_synthetic or pretrain_steps) and not len(self.synthetic_rows):
+            raise ValueError("per_batch_synthetic and pretrain_steps need synthetic rows")
         self.batch_size, self.per_batch_synthetic = batch_size, per_batch_synthetic
+        self.pretrain_steps = pretrain_steps
         self.seed, self.augment, self.jitter = seed, augment, dict(jitter)
 
     def _draw(self, rows: np.ndarray, n: int, generator: torch.Generator, images: list, targets: list) -> None:
@@ -335,12 +373,19 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int) -> dict[str, Any]:
         images: list[np.ndarray] = []
         targets: list[np.ndarray] = []
-        real = torch.Generator().manual_seed(_step_seed(self.seed, step, REAL_STREAM))
+        if step <= self.pretrain_steps:
+            synthetic = torch.Generator().manual_seed(_step_seed(self.seed, step, SYNTHETIC_STREAM))
+            self._draw(self.synthetic_rows, self.batch_size, synthetic, images, targets)
+            return self._batch(step, images, targets)
+        real = torch.Generator().manual_seed(_step_seed(self.seed, step - self.pretrain_steps, REAL_STREAM))
         self._draw(self.rows, self.batch_size, real, images, targets)
         if self.per_batch_synthetic:
             # a stream of its own: the real samples are those of a run without synthetic rows
             extra = torch.Generator().manual_seed(_step_seed(self.seed, step, SYNTHETIC_STREAM))
             self._draw(self.synthetic_rows, self.per_batch_synthetic, extra, images, targets)
+        return self._batch(step, images, targets)
+
+    def _batch(self, step: int, images: list[np.ndarray], targets: list[np.ndarray]) -> dict[str, Any]:
         stacked = _to_batch(targets) if self.targets == "structures" else torch.from_numpy(np.stack(targets))
         return {"step": step, "images": _to_batch(images), self.targets: stacked}
 
@@ -415,6 +460,8 @@ class TrainingData:
         val_rgb, val_inst: the held-out validation patches (empty when there are none).
         settings: the run's settings with ``iterations`` resolved from ``epochs``.
         per_batch_synthetic: paired mixing's synthetic samples per step (0 when pooled).
+        pretrain_steps: synthetic pre-training steps before the run's own schedule (included in
+            ``settings.iterations``; the schedule's own length is ``schedule_steps``).
     """
 
     rgb: np.ndarray
@@ -425,6 +472,12 @@ class TrainingData:
     val_inst: np.ndarray
     settings: SegmenterRun
     per_batch_synthetic: int
+    pretrain_steps: int = 0
+
+    @property
+    def schedule_steps(self) -> int:
+        """The steps of the run's own schedule, after any synthetic pre-training."""
+        return self.settings.iterations - self.pretrain_steps
 
     @property
     def paired(self) -> bool:
@@ -447,6 +500,7 @@ class TrainingData:
             jitter=jitter,
             synthetic_rows=self.synthetic_idx,
             per_batch_synthetic=self.per_batch_synthetic,
+            pretrain_steps=self.pretrain_steps,
             targets=targets,
         )
 
@@ -468,20 +522,17 @@ def load_training_data(samples_csv: str | Path, settings: SegmenterRun, model_la
     paired = settings.mixing == "paired"
     if paired and len(real_idx) == 0:
         raise InputDataError(f"{samples_csv}: training.mixing 'paired' needs real samples, there are none")
-    per_batch_synthetic = 0
-    if paired and len(synthetic_idx):
-        share = settings.batch_size * len(synthetic_idx) / len(real_idx)
-        # at least one: rounding a small share to 0 would train the augmented run on the real
-        # stream alone, i.e. make it its labelled twin
-        per_batch_synthetic = max(1, round(share))
-        if round(share) == 0:
-            logger.warning(
-                "paired mixing: %d synthetic per %d real samples is %.2f per batch; using 1 (a larger share)",
-                len(synthetic_idx),
-                len(real_idx),
-                share,
-            )
+    per_batch_synthetic = _per_batch_synthetic(settings, len(real_idx), len(synthetic_idx)) if paired else 0
     settings = settings.with_epochs(len(real_idx) if paired else len(train_rows))
+    pretrain_steps = 0
+    if len(synthetic_idx) and settings.synthetic_pretrain_epochs > 0:
+        pretrain_steps = math.ceil(settings.synthetic_pretrain_epochs * len(synthetic_idx) / settings.batch_size)
+        settings = replace(settings, iterations=settings.iterations + pretrain_steps)
+    if len(synthetic_idx) and not per_batch_synthetic and not pretrain_steps and paired:
+        raise ConfigError(
+            f"training.synthetic_per_batch is 0 and synthetic_pretrain_epochs 0: the {len(synthetic_idx)} "
+            f"synthetic pairs of {samples_csv} would never be trained on"
+        )
     if len(val_rows):
         val_rgb, val_inst = reader.load_all(val_rows)
     else:
@@ -500,7 +551,36 @@ def load_training_data(samples_csv: str | Path, settings: SegmenterRun, model_la
         settings.batch_size,
         f" real + {per_batch_synthetic} synthetic (paired)" if paired else " (pooled)",
     )
-    return TrainingData(rgb, inst, real_idx, synthetic_idx, val_rgb, val_inst, settings, per_batch_synthetic)
+    if pretrain_steps:
+        logger.info(
+            "the first %d steps train on the synthetic pairs alone (%s epochs over them), then %d steps "
+            "as the run without them",
+            pretrain_steps,
+            settings.synthetic_pretrain_epochs,
+            settings.iterations - pretrain_steps,
+        )
+    return TrainingData(
+        rgb, inst, real_idx, synthetic_idx, val_rgb, val_inst, settings, per_batch_synthetic, pretrain_steps
+    )
+
+
+def _per_batch_synthetic(settings: SegmenterRun, n_real: int, n_synthetic: int) -> int:
+    """Paired mixing's synthetic samples per step: the configured count, or ``auto``'s share."""
+    if not n_synthetic:
+        return 0
+    if settings.synthetic_per_batch != "auto":
+        return int(settings.synthetic_per_batch)
+    share = settings.batch_size * n_synthetic / n_real
+    if round(share) == 0:
+        # at least one: rounding a small share to 0 would train the augmented run on the real
+        # stream alone, i.e. make it its labelled twin
+        logger.warning(
+            "paired mixing: %d synthetic per %d real samples is %.2f per batch; using 1 (a larger share)",
+            n_synthetic,
+            n_real,
+            share,
+        )
+    return max(1, round(share))
 
 
 def fit_segmenter(
@@ -668,7 +748,7 @@ def train_segmenter(
         batches=data.batches(jitter=cfg.jitter, targets="structures"),
         loss_fn=loss_fn,
         score_fn=lambda m: score_patches(m, data.val_rgb, data.val_inst, watershed=cfg.watershed, device=device),
-        schedule=PhaseSchedule(net, optimizer, cfg),
+        schedule=PhaseSchedule(net, optimizer, cfg, pretrain_steps=data.pretrain_steps),
         model_file={
             "model": MODEL_NAME,
             "network": net_cfg.to_dict(),
