@@ -461,7 +461,7 @@ class TrainingData:
         settings: the run's settings with ``iterations`` resolved from ``epochs``.
         per_batch_synthetic: paired mixing's synthetic samples per step (0 when pooled).
         pretrain_steps: synthetic pre-training steps before the run's own schedule (included in
-            ``settings.iterations``; the schedule's own length is ``schedule_steps``).
+            ``settings.iterations``).
     """
 
     rgb: np.ndarray
@@ -473,11 +473,6 @@ class TrainingData:
     settings: SegmenterRun
     per_batch_synthetic: int
     pretrain_steps: int = 0
-
-    @property
-    def schedule_steps(self) -> int:
-        """The steps of the run's own schedule, after any synthetic pre-training."""
-        return self.settings.iterations - self.pretrain_steps
 
     @property
     def paired(self) -> bool:
