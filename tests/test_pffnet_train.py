@@ -1,5 +1,7 @@
 """PFF-Net's training recipe and targets (the network itself: tests/test_pffnet.py)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +38,52 @@ def test_schedule_is_warmup_then_step_decay():
     assert schedule.lr_at(11) == pytest.approx(0.3)
     assert schedule.lr_at(50) == pytest.approx(0.3) and schedule.lr_at(51) == pytest.approx(0.03)
     assert schedule.lr_at(81) == pytest.approx(0.003)
+
+
+def test_schedule_after_synthetic_pretraining_is_the_schedule_without_it():
+    """3 pre-training steps (warmed up, then the full lr); after them the momentum is dropped,
+    torch's RNG is re-seeded, and the schedule of a 10-step run follows, shifted by 3."""
+    cfg = PFFNetTraining(iterations=13, lr=0.3, warmup_steps=2, warmup_factor=0.5, lr_steps=(0.5,), gamma=0.1, seed=4)
+    plain = WarmupStepSchedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), replace(cfg, iterations=10))
+    weight = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0, momentum=0.9)
+    schedule = WarmupStepSchedule(optimizer, cfg, pretrain_steps=3)
+    assert [schedule.lr_at(s) for s in (1, 2, 3)] == pytest.approx([0.15, 0.225, 0.3])
+    assert [schedule.lr_at(s) for s in range(4, 14)] == pytest.approx([plain.lr_at(s) for s in range(1, 11)])
+    assert schedule.lr_at(8) == pytest.approx(0.3) and schedule.lr_at(9) == pytest.approx(0.03)
+    optimizer.state[weight]["momentum_buffer"] = torch.ones(1)
+    schedule.after_step(2, None, None)
+    assert optimizer.state  # kept during pre-training
+    schedule.after_step(3, None, None)
+    assert not optimizer.state
+    drawn = torch.rand(3)
+    torch.manual_seed(4)
+    assert torch.equal(drawn, torch.rand(3))
+
+
+def test_synthetic_pretraining_then_the_labelled_runs_targets(tmp_path, monkeypatch):
+    """8 synthetic rows, batches of 2, 0.5 epochs: ceil(0.5 * 8 / 2) = 2 synthetic steps, then
+    the labelled run's steps with the same instance targets, step for step."""
+    samples = sample_table(tmp_path)
+    mixed, _ = with_synthetic(tmp_path, samples, 8)
+    targets = pffnet_train.instance_targets
+
+    def recorded(samples_csv, name, **changes):
+        seen = []
+
+        def record(inst):
+            seen.append(np.array(inst, copy=True))
+            return targets(inst)
+
+        monkeypatch.setattr(pffnet_train, "instance_targets", record)
+        pff_run(tmp_path, samples_csv, name, mixing="paired", **changes)
+        return seen
+
+    labelled = recorded(samples, "labelled")
+    pretrained = recorded(mixed, "pretrained", synthetic_per_batch=0, synthetic_pretrain_epochs=0.5)
+    assert pd.read_csv(tmp_path / "pretrained_loss.csv")["step"].tolist() == list(range(1, 11))
+    assert len(pretrained) == len(labelled) + 4
+    assert all(np.array_equal(a, b) for a, b in zip(labelled, pretrained[4:]))
 
 
 def test_biases_get_twice_the_lr_and_no_weight_decay():
@@ -78,7 +126,7 @@ def test_defaults_are_pffnet_recipe_and_epochs_scale_it():
 
 from interrupt import sigterm_on_call  # noqa: E402
 from test_pffnet import TINY  # noqa: E402
-from test_segmentation_train import disc_image, sample_table  # noqa: E402
+from test_segmentation_train import disc_image, sample_table, with_synthetic  # noqa: E402
 
 from nudiff.segmentation import pffnet_train  # noqa: E402
 from nudiff.segmentation.pffnet_inference import predict_pffnet_instances  # noqa: E402

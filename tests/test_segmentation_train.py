@@ -561,7 +561,7 @@ def test_phase_schedule_after_synthetic_pretraining_is_the_schedule_without_it()
 
 def test_synthetic_settings_are_checked(tmp_path):
     """Bad counts name their key; an augmented paired run that would never see its synthetic
-    pairs is refused, naming the table; PFF-Net has no pre-training."""
+    pairs is refused, naming the table."""
     for bad in (-1, 1.5, True, "all"):
         with pytest.raises(ConfigError, match="synthetic_per_batch"):
             SegmenterTraining(synthetic_per_batch=bad)
@@ -572,10 +572,6 @@ def test_synthetic_settings_are_checked(tmp_path):
     mixed, _ = with_synthetic(tmp_path, samples, 4)
     with pytest.raises(ConfigError, match="never be trained on"):
         run(tmp_path, mixed, "unused", mixing="paired", synthetic_per_batch=0)
-    from nudiff.segmentation.pffnet_train import PFFNetTraining
-
-    with pytest.raises(ConfigError, match="synthetic_pretrain_epochs"):
-        PFFNetTraining(synthetic_pretrain_epochs=1)
 
 
 def test_mixing_and_epochs_are_checked(tmp_path):

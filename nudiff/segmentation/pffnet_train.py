@@ -87,9 +87,6 @@ class PFFNetTraining(SegmenterRun):
             )
         if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
             raise ConfigError(f"training.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        if self.synthetic_pretrain_epochs:
-            # its warm-up and step schedule have no pre-training phase yet (Hover-Net's has)
-            raise ConfigError("training.synthetic_pretrain_epochs: PFF-Net has no synthetic pre-training; use 0")
         steps = tuple(self.lr_steps)
         if any(not 0 < f < 1 for f in steps) or list(steps) != sorted(steps):
             raise ConfigError(f"training.lr_steps must be increasing fractions in (0, 1), got {self.lr_steps!r}")
@@ -101,16 +98,27 @@ class PFFNetTraining(SegmenterRun):
 
 class WarmupStepSchedule:
     """maskrcnn-benchmark's WarmupMultiStepLR as a loop callback: :meth:`before_step` sets the lr
-    of the coming step in every parameter group (``lr_scale`` of a group: the bias factor)."""
+    of the coming step in every parameter group (``lr_scale`` of a group: the bias factor).
 
-    def __init__(self, optimizer: torch.optim.Optimizer, settings: PFFNetTraining) -> None:
+    ``pretrain_steps`` of synthetic pre-training come first, warmed up as a run's start and then
+    at the full lr; after them the momentum is dropped, torch's RNG (which torchvision's RPN and
+    RoI samplers draw from) is re-seeded with ``settings.seed``, and the warm-up and decays run as
+    in a run without pre-training, so the steps after it are its labelled twin's from new weights.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, settings: PFFNetTraining, *, pretrain_steps: int = 0) -> None:
         self.optimizer, self.settings = optimizer, settings
+        self.pretrain_steps = pretrain_steps
         self.step = 0
 
     def lr_at(self, step: int) -> float:
         """The base lr of ``step`` (1-based)."""
         s = self.settings
-        decays = sum(step > round(f * s.iterations) for f in s.lr_steps)
+        decays = 0
+        if step > self.pretrain_steps:
+            step -= self.pretrain_steps
+            length = s.iterations - self.pretrain_steps
+            decays = sum(step > round(f * length) for f in s.lr_steps)
         warm = 1.0
         if step <= s.warmup_steps:
             alpha = (step - 1) / s.warmup_steps
@@ -124,6 +132,9 @@ class WarmupStepSchedule:
 
     def after_step(self, step: int, model: nn.Module, ema: nn.Module | None) -> None:
         self.step = step
+        if self.pretrain_steps and step == self.pretrain_steps:
+            self.optimizer.state.clear()
+            torch.manual_seed(self.settings.seed)  # the labelled twin's RoI draws from here on
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step}
@@ -252,7 +263,7 @@ def train_pffnet(
             score_fn=lambda m: score_pffnet_patches(
                 m, data.val_rgb, data.val_inst, inference=cfg.inference, device=device
             ),
-            schedule=WarmupStepSchedule(optimizer, cfg),
+            schedule=WarmupStepSchedule(optimizer, cfg, pretrain_steps=data.pretrain_steps),
             model_file={"model": MODEL_NAME, "network": net_cfg.to_dict()},
             fingerprint={
                 "model": MODEL_NAME,
