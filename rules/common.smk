@@ -138,6 +138,13 @@ def resources_for(rule_name):
 # ---- diffusion ------------------------------------------------------------------
 
 
+# The jobs on the way to the synthetic pairs (diffusion training, weight choice, sampling) go
+# before other ready jobs: the augmented segmenters wait for them, while the labelled ones and
+# the reports can fill the other cores. Without it, a 2-core run of config/monuseg-cpu.yaml
+# trained all labelled Hover-Nets before starting the image model (README).
+PAIRS_PRIORITY = 10
+
+
 def synthetic_pairs(wildcards):
     return config["datasets"][wildcards.dataset]["synthetic_pairs"][subset_key(int(wildcards.pct))]
 

@@ -26,6 +26,7 @@ rule train_structure_model:
         device=config["diffusion"]["device"],
         checkpoint_dir="checkpoints/{dataset}/{pct}pct/structure_model",
         init_model=None,
+    priority: PAIRS_PRIORITY
     threads: threads_for("train_structure_model")
     resources:
         **resources_for("train_structure_model"),
@@ -59,6 +60,7 @@ rule train_image_model_conditional:
         device=config["diffusion"]["device"],
         checkpoint_dir="checkpoints/{dataset}/{pct}pct/image_model_conditional",
         init_model=None,
+    priority: PAIRS_PRIORITY
     threads: threads_for("train_image_model_conditional")
     resources:
         **resources_for("train_image_model_conditional"),
@@ -92,6 +94,7 @@ rule train_image_model_guided:
         schedule=config["diffusion"]["schedule"],
         device=config["diffusion"]["device"],
         checkpoint_dir="checkpoints/{dataset}/{pct}pct/image_model_guided",
+    priority: PAIRS_PRIORITY
     threads: threads_for("train_image_model_guided")
     resources:
         **resources_for("train_image_model_guided"),
@@ -123,6 +126,7 @@ rule select_structure_weights:
         watershed=config["watershed"],
         cleanup=config["diffusion"]["cleanup"],
         device=config["diffusion"]["device"],
+    priority: PAIRS_PRIORITY
     threads: threads_for("select_structure_weights")
     resources:
         **resources_for("select_structure_weights"),
@@ -154,6 +158,7 @@ rule select_image_weights:
         sampling=config["diffusion"]["sampling"],
         watershed=config["watershed"],
         device=config["diffusion"]["device"],
+    priority: PAIRS_PRIORITY
     threads: threads_for("select_image_weights")
     resources:
         **resources_for("select_image_weights"),
@@ -220,6 +225,7 @@ rule sample_structures:
         cleanup=config["diffusion"]["cleanup"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
+    priority: PAIRS_PRIORITY
     threads: threads_for("sample_structures")
     resources:
         **resources_for("sample_structures"),
@@ -246,6 +252,7 @@ rule sample_images:
         colour_transfer=config["diffusion"]["colour_transfer"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",
+    priority: PAIRS_PRIORITY
     threads: threads_for("sample_images")
     resources:
         **resources_for("sample_images"),
@@ -263,6 +270,7 @@ rule build_augmented_set:
         "results/{dataset}/{pct}pct/trainsets/augmented.csv",
     log:
         "logs/{dataset}/{pct}pct/build_augmented_set.log",
+    priority: PAIRS_PRIORITY
     threads: threads_for("build_augmented_set")
     resources:
         **resources_for("build_augmented_set"),
