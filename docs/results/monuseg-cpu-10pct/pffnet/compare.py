@@ -3,29 +3,24 @@
     python compare.py [SCORES_CSV]    # from this folder; default scores.csv
 
 SCORES_CSV: the ``scores.csv`` rows of every PFF-Net run (``score_predictions``' output,
-concatenated). Prints each seed's mean Dice / AJI over the test images, mean and sample std
-over seeds, the per-seed differences (augmented - labelled), and per (seed, test image) how
-many differences are positive with the Wilcoxon signed-rank p-value.
+concatenated). Prints each arm's mean Dice / AJI with the sample std over seeds, then
+``../colour/paired_comparison.py``'s per-seed and per (seed, test image) comparison.
 """
 
 import sys
+from pathlib import Path
 
 import pandas as pd
-from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "colour"))
+from paired_comparison import compare  # noqa: E402
 
 scores = pd.read_csv(sys.argv[1] if len(sys.argv) > 1 else "scores.csv")
-by_seed = scores.pivot_table(index="seed", columns="trainset", values=["dice", "aji"])
-print(by_seed.round(4).to_string())
-for trainset in ("labelled", "augmented"):
-    dice, aji = by_seed[("dice", trainset)], by_seed[("aji", trainset)]
-    print(f"{trainset}: Dice {dice.mean():.4f} +- {dice.std(ddof=1):.4f}, AJI {aji.mean():.4f} +- {aji.std(ddof=1):.4f}")
-for score in ("dice", "aji"):
-    d = by_seed[(score, "augmented")] - by_seed[(score, "labelled")]
-    print(f"{score}: per-seed difference {d.round(4).tolist()} mean {d.mean():.4f} std {d.std(ddof=1):.4f}")
-paired = scores.pivot_table(index=["seed", "name"], columns="trainset", values=["dice", "aji"])
-for score in ("dice", "aji"):
-    d = paired[(score, "augmented")] - paired[(score, "labelled")]
+by_seed = scores.groupby(["seed", "trainset"], as_index=False)[["dice", "aji"]].mean()
+for trainset, arm in by_seed.groupby("trainset", sort=False):
+    dice, aji = arm["dice"], arm["aji"]
     print(
-        f"{score}: per (seed, image) n={len(d)} mean {d.mean():.4f} median {d.median():.4f} "
-        f"positive {int((d > 0).sum())}/{len(d)} Wilcoxon p={stats.wilcoxon(d).pvalue:.2g}"
+        f"{trainset}: Dice {dice.mean():.4f} +- {dice.std(ddof=1):.4f}, "
+        f"AJI {aji.mean():.4f} +- {aji.std(ddof=1):.4f}"
     )
+compare(by_seed, scores)
