@@ -132,26 +132,19 @@ def test_every_preset_passes_the_schema(preset):
     validate(yaml.safe_load((root / preset).read_text()), str(root / "schema.yaml"))
 
 
-def _merged(base: dict, overlay: dict) -> dict:
-    """Snakemake's merge of later --configfile files into earlier ones: mappings recursively,
-    anything else replaced."""
-    out = dict(base)
-    for key, value in overlay.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 OVERLAYS = sorted(p.name for p in (Path(__file__).parents[1] / "config" / "overlays").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_overlay_merged_onto_its_preset_passes_the_schema(overlay):
     """config/overlays/<preset>-<what>.yaml adds to config/<preset>.yaml on the command line."""
-    from snakemake.utils import validate
+    from snakemake.utils import update_config, validate
 
     root = Path(__file__).parents[1] / "config"
     base = max((p for p in PRESETS if overlay.startswith(p.removesuffix(".yaml") + "-")), key=len)
-    config = _merged(yaml.safe_load((root / base).read_text()), yaml.safe_load((root / "overlays" / overlay).read_text()))
+    # what Snakemake does with a later --configfile: mappings merged recursively, the rest replaced
+    config = yaml.safe_load((root / base).read_text())
+    update_config(config, yaml.safe_load((root / "overlays" / overlay).read_text()))
     validate(config, str(root / "schema.yaml"))
     assert config != yaml.safe_load((root / base).read_text())
 
