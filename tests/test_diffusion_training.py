@@ -15,6 +15,7 @@ from nudiff.diffusion.training import (
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.imaging import dihedral
 from nudiff.training.loop import TrainingInterrupted
+from nudiff.training.lr_schedule import cosine_lr
 
 TINY_TRAINING = {
     "iterations": 6,
@@ -62,18 +63,25 @@ def test_training_writes_a_model_that_rebuilds(tmp_path, tiny_labelled_csv, kind
     assert not (tmp_path / "ckpt").exists()  # checkpoints go once the model is safe
 
 
-@pytest.mark.parametrize("resume_with_checkpointing", [False, True], ids=["as-before", "checkpointing-on"])
+@pytest.mark.parametrize(
+    ("resume_with_checkpointing", "lr_schedule"),
+    [(False, "constant"), (True, "constant"), (False, "cosine")],
+    ids=["as-before", "checkpointing-on", "cosine-lr"],
+)
 def test_killed_training_resumes_to_the_same_weights(
-    tmp_path, tiny_labelled_csv, monkeypatch, resume_with_checkpointing
+    tmp_path, tiny_labelled_csv, monkeypatch, resume_with_checkpointing, lr_schedule
 ):
     # a run killed for memory may be resumed with gradient checkpointing switched on:
-    # it still resumes (not restarts) and ends with the uninterrupted run's weights
-    train("image", tiny_labelled_csv, tmp_path / "reference", drop_rate=0.5)
+    # it still resumes (not restarts) and ends with the uninterrupted run's weights;
+    # a cosine lr resumes at the lr of the step it stopped at
+    reference_history = train(
+        "image", tiny_labelled_csv, tmp_path / "reference", drop_rate=0.5, lr_schedule=lr_schedule
+    )
 
     original = training.l_simple
     monkeypatch.setattr(training, "l_simple", sigterm_on_call(original, 4))
     with pytest.raises(TrainingInterrupted):
-        train("image", tiny_labelled_csv, tmp_path / "killed", drop_rate=0.5)
+        train("image", tiny_labelled_csv, tmp_path / "killed", drop_rate=0.5, lr_schedule=lr_schedule)
     assert not (tmp_path / "killed" / "image.pt").exists()
     resumed_steps = []
 
@@ -83,10 +91,16 @@ def test_killed_training_resumes_to_the_same_weights(
 
     monkeypatch.setattr(training, "l_simple", counted)
     history = train(
-        "image", tiny_labelled_csv, tmp_path / "killed", drop_rate=0.5, gradient_checkpointing=resume_with_checkpointing
+        "image",
+        tiny_labelled_csv,
+        tmp_path / "killed",
+        drop_rate=0.5,
+        gradient_checkpointing=resume_with_checkpointing,
+        lr_schedule=lr_schedule,
     )
     # steps 1-4 came from the checkpoint written at the signal; only 5 and 6 ran again
     assert len(history) == 6 and len(resumed_steps) == 2
+    assert history["lr"].tolist() == reference_history["lr"].tolist()
 
     reference = torch.load(tmp_path / "reference" / "image.pt", weights_only=True)
     resumed = torch.load(tmp_path / "killed" / "image.pt", weights_only=True)
@@ -98,6 +112,21 @@ def test_killed_training_resumes_to_the_same_weights(
 def test_structure_model_refuses_a_drop_rate(tmp_path, tiny_labelled_csv):
     with pytest.raises(ConfigError, match="drop_rate"):
         train("structure", tiny_labelled_csv, tmp_path, drop_rate=0.2)
+
+
+def test_cosine_lr_anneals_each_step_from_lr_towards_zero(tmp_path, tiny_labelled_csv):
+    history = train("structure", tiny_labelled_csv, tmp_path, lr_schedule="cosine")
+    expected = [cosine_lr(TINY_TRAINING["lr"], step, 6) for step in range(6)]
+    assert history["lr"].tolist() == pytest.approx(expected)
+    assert expected[0] == TINY_TRAINING["lr"] and expected[-1] < 0.1 * TINY_TRAINING["lr"]
+    constant = train("structure", tiny_labelled_csv, tmp_path / "constant")
+    assert set(constant["lr"]) == {TINY_TRAINING["lr"]}
+
+
+def test_an_unknown_lr_schedule_is_named(tmp_path, tiny_labelled_csv):
+    with pytest.raises(ConfigError, match="lr_schedule.*'linear'"):
+        train("structure", tiny_labelled_csv, tmp_path, lr_schedule="linear")
+    assert not (tmp_path / "structure.pt").exists()
 
 
 def test_unknown_training_key_is_named(tmp_path, tiny_labelled_csv):

@@ -40,6 +40,7 @@ from nudiff.samples import SampleReader, read_sample_table
 from nudiff.structure import nuclei_structure, structure_to_model_range
 from nudiff.training.checkpoint import load_state, save_state
 from nudiff.training.loop import LoopSettings
+from nudiff.training.lr_schedule import LR_SCHEDULES, make_lr_schedule
 from nudiff.training.run import train_to_files
 
 logger = logging.getLogger(__name__)
@@ -82,9 +83,14 @@ class DiffusionTraining:
     channels_last: bool = False
     fused_adamw: bool = False
     min_snr_gamma: float | None = None
+    lr_schedule: str = "constant"  # constant (the paper's) | cosine (annealed to 0 over the run)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cpu_bf16", resolve_cpu_bf16(self.cpu_bf16))
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"training.lr_schedule: {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}"
+            )
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
@@ -103,6 +109,8 @@ class DiffusionTraining:
 # Fast-path options that change only rounding (not what is learned): kept out of the
 # fingerprint while off, so checkpoints written before they existed still resume.
 FAST_PATH_KEYS = ("channels_last", "fused_adamw")
+# Options added later, kept out of the fingerprint at their default for the same reason.
+LATER_DEFAULTS = {"lr_schedule": "constant"}
 
 
 def prepare_for_training(model: torch.nn.Module, training: DiffusionTraining, device: str | torch.device) -> None:
@@ -283,8 +291,13 @@ def train_diffusion_model(
         logger.info("gradient checkpointing on: block activations are recomputed in backward")
     noise_schedule = sched_cfg.build()
     optimizer = make_optimizer(model, train_cfg)
+    lr_schedule = make_lr_schedule(
+        train_cfg.lr_schedule, optimizer, base_lr=train_cfg.lr, iterations=train_cfg.iterations
+    )
 
     def step(model: UNet, generator: torch.Generator) -> torch.Tensor:
+        if lr_schedule is not None:
+            lr_schedule.before_step()
         images, structures = examples.draw(train_cfg.batch_size, generator)
         if kind == "structure":
             return l_simple(
@@ -312,7 +325,9 @@ def train_diffusion_model(
         "training": {
             k: v
             for k, v in asdict(train_cfg).items()
-            if k != "gradient_checkpointing" and not (k in FAST_PATH_KEYS and not v)
+            if k != "gradient_checkpointing"
+            and not (k in FAST_PATH_KEYS and not v)
+            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
         },
         "schedule": asdict(sched_cfg),
         "samples": file_sha256(samples_csv),
@@ -340,6 +355,7 @@ def train_diffusion_model(
         plot=lambda history, png: plot_loss_curve(history, png, title=f"{kind} model: L_simple"),
         loss_csv=loss_csv,
         loss_png=loss_png,
+        callbacks=[] if lr_schedule is None else [lr_schedule],
         device=device,
     )
     return result.history
