@@ -88,9 +88,7 @@ class DiffusionTraining:
     def __post_init__(self) -> None:
         object.__setattr__(self, "cpu_bf16", resolve_cpu_bf16(self.cpu_bf16))
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"training.lr_schedule: {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}"
-            )
+            raise ConfigError(f"training.lr_schedule: {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
 
     def loop_settings(self) -> LoopSettings:
         return LoopSettings(
