@@ -44,6 +44,12 @@ def check_config(config: dict[str, Any]) -> None:
         raise ConfigError("patches.stride: larger than patches.size, so pixels between patches would be skipped")
 
 
+def structure_watershed(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The watershed for synthetic structures: the top-level ``watershed`` with
+    ``diffusion.structure_watershed`` laid over it."""
+    return {**config.get("watershed", {}), **config.get("diffusion", {}).get("structure_watershed", {})}
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
     # Imported here: rules/common.smk imports this module, and torch would add

@@ -123,7 +123,7 @@ rule select_structure_weights:
     params:
         n=config["diffusion"]["selection"]["n_structures"],
         sampling=config["diffusion"]["sampling"],
-        watershed=config["watershed"],
+        watershed=structure_watershed(config),
         cleanup=config["diffusion"]["cleanup"],
         device=config["diffusion"]["device"],
     priority: PAIRS_PRIORITY
@@ -221,7 +221,7 @@ rule sample_structures:
         n_total=synthetic_pairs,
         n_shards=n_shards,
         sampling=config["diffusion"]["sampling"],
-        watershed=config["watershed"],
+        watershed=structure_watershed(config),
         cleanup=config["diffusion"]["cleanup"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
@@ -365,7 +365,7 @@ rule sample_sampler_comparison:
             **config["diffusion"]["sampling"],
             **config["diffusion"]["compare_samplers"]["samplers"][wildcards.name],
         },
-        watershed=config["watershed"],
+        watershed=structure_watershed(config),
         cleanup=config["diffusion"]["cleanup"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/sampler_comparison/{name}.npz",

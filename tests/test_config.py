@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nudiff.config import structure_watershed
 from nudiff.datasets.demo import make_demo_dataset
 from nudiff.diffusion.synthesis import CleanupSettings, SamplingSettings
 from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig
@@ -157,4 +158,23 @@ def test_a_preset_with_a_misspelt_key_fails_the_schema():
     config = yaml.safe_load((root / "monuseg-cpu.yaml").read_text())
     config["diffusion"]["colour_transfers"] = config["diffusion"].pop("colour_transfer")
     with pytest.raises(WorkflowError, match="colour_transfers"):
+        validate(config, str(root / "schema.yaml"))
+
+
+def test_structure_watershed_overrides_the_watershed_for_synthetic_structures_only():
+    config = {"watershed": {"marker_threshold": 0.4, "sobel_ksize": 5}, "diffusion": {}}
+    assert structure_watershed(config) == config["watershed"]
+    config["diffusion"]["structure_watershed"] = {"marker_threshold": 0.5}
+    assert structure_watershed(config) == {"marker_threshold": 0.5, "sobel_ksize": 5}
+    assert config["watershed"]["marker_threshold"] == 0.4  # Hover-Net's stays as it was
+
+
+def test_a_misspelt_structure_watershed_key_fails_the_schema():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    root = Path(__file__).parents[1] / "config"
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["diffusion"]["structure_watershed"] = {"marker_treshold": 0.5}
+    with pytest.raises(WorkflowError, match="marker_treshold"):
         validate(config, str(root / "schema.yaml"))
