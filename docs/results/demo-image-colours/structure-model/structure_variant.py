@@ -1,12 +1,13 @@
 """The demo's 100% structure model trained with overrides, judged the way the workflow judges it.
 
-    python structure_variant.py OUT_DIR '{"lr_schedule": "cosine", "min_snr_gamma": 5}'
+    python structure_variant.py OUT_DIR '{"lr_schedule": "cosine", "min_snr_gamma": 5}' ['{"marker_threshold": 0.5}']
 
 run from the root of a finished demo run. Trains the structure model (skipped when
 OUT_DIR/structure_model.pt exists: copy a run's model there to re-judge it), scores its
 weights by nuclei statistics (OUT_DIR/sel.csv), samples 32 structures (the workflow's
 noise seeds), samples their images with the run's image model and scores the labelled
-Hover-Net's agreement with the pairs (OUT_DIR/agree.csv).
+Hover-Net's agreement with the pairs (OUT_DIR/agree.csv). The optional third argument
+overrides the watershed for the structures (what ``diffusion.structure_watershed`` does).
 """
 
 import json
@@ -27,6 +28,7 @@ torch.set_num_threads(1)
 out, override = Path(sys.argv[1]), json.loads(sys.argv[2])
 config = yaml.safe_load(Path("config/config.yaml").read_text())
 diffusion = config["diffusion"]
+watershed = {**config["watershed"], **json.loads(sys.argv[3] if len(sys.argv) > 3 else "{}")}
 labelled = "results/demo/100pct/trainsets/labelled.csv"
 run = Path("results/demo/100pct")
 out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ select_structure_weights(
     out_json=out / "sel.json",
     n=diffusion["selection"]["n_structures"],
     sampling=sampling,
-    watershed=config["watershed"],
+    watershed=watershed,
     cleanup=cleanup,
 )
 sample_structures(
@@ -60,7 +62,7 @@ sample_structures(
     n_shards=1,
     shard=0,
     sampling=sampling,
-    watershed=config["watershed"],
+    watershed=watershed,
     cleanup=cleanup,
     selection=out / "sel.json",
 )
