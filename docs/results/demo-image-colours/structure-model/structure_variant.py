@@ -1,13 +1,15 @@
 """The demo's 100% structure model trained with overrides, judged the way the workflow judges it.
 
-    python structure_variant.py OUT_DIR '{"lr_schedule": "cosine", "min_snr_gamma": 5}' ['{"marker_threshold": 0.5}']
+    python structure_variant.py OUT_DIR '{"lr_schedule": "cosine", "min_snr_gamma": 5}' \
+        ['{"marker_threshold": 0.5}' ['{"min_area": 20}']]
 
 run from the root of a finished demo run. Trains the structure model (skipped when
 OUT_DIR/structure_model.pt exists: copy a run's model there to re-judge it), scores its
 weights by nuclei statistics (OUT_DIR/sel.csv), samples 32 structures (the workflow's
 noise seeds), samples their images with the run's image model and scores the labelled
 Hover-Net's agreement with the pairs (OUT_DIR/agree.csv). The optional third argument
-overrides the watershed for the structures (what ``diffusion.structure_watershed`` does).
+overrides the watershed for the structures (what ``diffusion.structure_watershed`` does);
+the optional fourth overrides ``diffusion.cleanup``.
 """
 
 import json
@@ -44,7 +46,9 @@ if not (out / "structure_model.pt").exists():
         checkpoint_dir=out / "checkpoints",
         device="cpu",
     )
-sampling, cleanup = sampling_settings(diffusion["sampling"]), CleanupSettings(**diffusion["cleanup"])
+cleanup_override = json.loads(sys.argv[4] if len(sys.argv) > 4 else "{}")
+sampling = sampling_settings(diffusion["sampling"])
+cleanup = CleanupSettings(**{**diffusion["cleanup"], **cleanup_override})
 select_structure_weights(
     out / "structure_model.pt",
     labelled,
