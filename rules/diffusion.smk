@@ -211,6 +211,7 @@ rule sample_structures:
     input:
         model="results/{dataset}/{pct}pct/diffusion/structure_model.pt",
         selection="results/{dataset}/{pct}pct/diffusion/structure_model_selection.json",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
     output:
         "results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
     log:
@@ -223,6 +224,7 @@ rule sample_structures:
         sampling=config["diffusion"]["sampling"],
         watershed=structure_watershed(config),
         cleanup=config["diffusion"]["cleanup"],
+        oversample=config["diffusion"]["structure_oversample"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
     priority: PAIRS_PRIORITY

@@ -18,13 +18,13 @@ from nudiff.datasets.demo import make_demo_dataset
 from nudiff.diffusion.synthesis import CleanupSettings, SamplingSettings
 from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig
 from nudiff.diffusion.unet import UNetConfig
-from nudiff.evaluation import hovernet_predictor
 from nudiff.features import extract_features
 from nudiff.patches import extract_patches
 from nudiff.segmentation.hovernet_config import HoVerNetConfig
 from nudiff.segmentation.pffnet_config import PFFNetConfig
 from nudiff.segmentation.pffnet_inference import predict_pffnet_instances
 from nudiff.segmentation.pffnet_train import PFFNetTraining
+from nudiff.segmentation.segment_images import hovernet_predictor
 from nudiff.segmentation.train import SegmenterTraining
 from nudiff.structure import instances_from_structure
 from nudiff.subsets import cluster_patches

@@ -10,18 +10,14 @@ import pytest
 import torch
 from tiny_models import train_tiny_segmenter
 
-from nudiff import evaluation
 from nudiff.datasets.demo import make_demo_dataset
 from nudiff.datasets.prepare import prepare_dataset, read_manifest
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import InputDataError
-from nudiff.evaluation import (
-    METRICS,
-    score_predictions,
-    segment_test_images,
-    summarize_metrics,
-)
+from nudiff.evaluation import METRICS, score_predictions, summarize_metrics
 from nudiff.io.images import read_instance_map, write_instance_map
+from nudiff.segmentation import segment_images
+from nudiff.segmentation.segment_images import segment_test_images
 
 torch.set_num_threads(1)
 
@@ -61,7 +57,7 @@ def test_a_failure_midway_leaves_no_prediction_folder(prepared, model_file, tmp_
             raise RuntimeError("boom")
         return np.zeros(structure.shape[:2], np.int32)
 
-    monkeypatch.setattr(evaluation, "instances_from_structure", failing)
+    monkeypatch.setattr(segment_images, "instances_from_structure", failing)
     with pytest.raises(RuntimeError, match="boom"):
         segment_test_images(model_file, prepared, tmp_path / "pred")
     assert list(tmp_path.iterdir()) == []

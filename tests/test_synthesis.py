@@ -12,6 +12,7 @@ from scipy import ndimage
 from tiny_models import TRAINING_NET
 
 import nudiff.diffusion.synthesis as synthesis
+from nudiff.diffusion.count_matching import match_counts
 from nudiff.diffusion.quality import colour_statistics
 from nudiff.diffusion.synthesis import (
     CleanupSettings,
@@ -23,7 +24,7 @@ from nudiff.diffusion.synthesis import (
 )
 from nudiff.diffusion.training import train_diffusion_model
 from nudiff.imaging import transfer_colour
-from nudiff.samples import SampleReader, read_sample_table
+from nudiff.samples import SampleReader, read_sample_table, real_pairs
 from nudiff.structure import (
     clean_instances,
     instances_from_structure,
@@ -88,6 +89,30 @@ def test_a_shard_does_not_depend_on_the_others(models, tmp_path):
     )
     with np.load(single) as s, np.load(alone) as a:
         np.testing.assert_allclose(s["structures"][2], a["structures"][0], atol=1e-5)
+
+
+def test_oversampling_keeps_the_candidates_that_follow_the_labelled_counts(models, tmp_path, tiny_labelled_csv):
+    # k = 2: shard 1 of 2 (samples 2, 3 of 4) draws candidates 2, 3, 6, 7; candidates 2, 3 are
+    # the structures k = 1 draws, and the kept ones are those match_counts chooses
+    plain, over = tmp_path / "plain.npz", tmp_path / "over.npz"
+    common = dict(n_total=4, n_shards=2, shard=1, sampling=SAMPLING, watershed=WATERSHED)
+    sample_structures(models / "structure.pt", plain, **common)
+    sample_structures(models / "structure.pt", over, oversample=2, labelled_csv=tiny_labelled_csv, **common)
+    extra = tmp_path / "extra.npz"  # candidates 6, 7 are samples 6, 7 of an 8-sample run
+    sample_structures(
+        models / "structure.pt", extra, n_total=8, n_shards=4, shard=3, sampling=SAMPLING, watershed=WATERSHED
+    )
+    with np.load(plain) as p, np.load(over) as o, np.load(extra) as e:
+        assert p["sample_index"].tolist() == [2, 3] and e["sample_index"].tolist() == [6, 7]
+        counts = np.concatenate([p["n_nuclei"], e["n_nuclei"]])
+        real = [int(np.count_nonzero(np.unique(m))) for m in real_pairs(tiny_labelled_csv)[1]]
+        keep = match_counts(counts, [c for c in real if c > 0], 2)
+        assert o["sample_index"].tolist() == np.array([2, 3, 6, 7])[keep].tolist()
+        instances = np.concatenate([p["instances"], e["instances"]])
+        assert np.array_equal(o["instances"], instances[keep])
+        assert o["n_nuclei"].tolist() == counts[keep].tolist()
+    with pytest.raises(ValueError, match="needs labelled_csv"):
+        sample_structures(models / "structure.pt", tmp_path / "x.npz", oversample=2, **common)
 
 
 def test_pairs_and_augmented_set(models, tmp_path, tiny_labelled_csv):

@@ -15,6 +15,8 @@ sample_structures(
     selection=snakemake.input.selection,
     watershed=snakemake.params.watershed,
     cleanup=CleanupSettings(**snakemake.params.cleanup),
+    oversample=snakemake.params.oversample,
+    labelled_csv=snakemake.input.labelled,
     device=resolve_device(snakemake.params.device),
     resume_file=snakemake.params.resume_file,
 )

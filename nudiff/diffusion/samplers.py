@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from nudiff.diffusion.schedule import NoiseSchedule, VarianceType, extract
 
@@ -88,7 +87,10 @@ def respaced_schedule(schedule: NoiseSchedule, steps: int) -> tuple[NoiseSchedul
     return NoiseSchedule.from_betas(1 - abar / abar_prev), kept
 
 
-def _diffusers_scheduler(sampler: SamplerName, schedule: NoiseSchedule) -> DDIMScheduler | DPMSolverMultistepScheduler:
+def _diffusers_scheduler(sampler: SamplerName, schedule: NoiseSchedule):
+    # imported here: diffusers pulls in torch._dynamo (about 1 s), which DDPM jobs never need
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
     # "trailing" spacing starts at t = T-1, the step that pure noise stands for
     # (Lin et al. 2024, Table 2); the other defaults would start lower.
     common = dict(

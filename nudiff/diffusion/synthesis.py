@@ -11,7 +11,9 @@ Shard files (``.npz``):
   float32 as sampled (semantic as a probability in [0, 1]), ``instances``
   (n, S, S) int32 from the watershed, cleaned (:func:`nudiff.structure.clean_instances`),
   ``structures`` (n, S, S, 3) float32 = ``nuclei_structure(instances)``, the
-  structure of the label, ``n_nuclei`` (n,).
+  structure of the label, ``n_nuclei`` (n,). With ``diffusion.structure_oversample`` > 1
+  these are the kept candidates (:func:`sample_structures`) and ``sample_index`` may reach
+  beyond ``n``.
 * pairs shard: the structures that gave at least one nucleus, with their
   ``images`` (m, S, S, 3) uint8 sampled with guidance: ``sample_index``,
   ``structures``, ``sampled_structures``, ``instances``, ``images``. This is
@@ -42,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nudiff.diffusion.count_matching import match_counts
 from nudiff.diffusion.guidance import guided_eps
 from nudiff.diffusion.quality_measures import colour_statistics
 from nudiff.diffusion.samplers import SamplerName, sample
@@ -303,6 +306,8 @@ def sample_structures(
     watershed: dict[str, Any],
     cleanup: CleanupSettings | None = None,
     selection: str | Path | None = None,
+    oversample: int = 1,
+    labelled_csv: str | Path | None = None,
     device: str = "cpu",
     resume_file: str | Path | None = None,
 ) -> int:
@@ -312,16 +317,26 @@ def sample_structures(
     (``cleanup``; default :class:`CleanupSettings`), and the structure of the cleaned map is
     stored beside the sampled one: it is what the image will be conditioned on.
 
+    With ``oversample`` = k > 1 the shard samples k candidates per structure it keeps (sample
+    indices ``i + j * n_total``, j < k, so j = 0 are the structures of k = 1) and keeps those
+    whose nuclei counts follow the counts of the labelled patches with nuclei in
+    ``labelled_csv`` (:func:`nudiff.diffusion.count_matching.match_counts`).
+
     ``selection`` is the JSON of :func:`nudiff.diffusion.selection.select_structure_weights` naming the
     weights to sample (None: the final EMA weights). ``resume_file`` keeps finished batches
     across a kill (see :func:`_run_batches`). Returns the number of structures with at least
     one nucleus.
     """
+    if oversample < 1:
+        raise ValueError(f"oversample must be >= 1, got {oversample}")
+    if oversample > 1 and labelled_csv is None:
+        raise ValueError("oversample > 1 needs labelled_csv, whose nuclei counts the structures follow")
     cleanup = cleanup or CleanupSettings()
     chosen = chosen_weights(selection)
     model, schedule, saved = load_diffusion_model(model_path, device=device, expect="structure", **chosen)
     size = int(saved["patch_size"])
-    indices = shard_indices(n_total, n_shards, shard)
+    wanted = shard_indices(n_total, n_shards, shard)
+    indices = np.concatenate([wanted + j * n_total for j in range(oversample)])
     t0 = time.monotonic()
 
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
@@ -345,6 +360,23 @@ def sample_structures(
     structures = _concat(parts, "structures", (0, size, size, 3), np.float32)
     instances = _concat(parts, "instances", (0, size, size), np.int32)
     n_nuclei = np.array([int(inst.max(initial=0)) for inst in instances], dtype=np.int64)
+    if oversample > 1:
+        real_counts = [c for c in (int(np.count_nonzero(np.unique(m))) for m in real_pairs(labelled_csv)[1]) if c > 0]
+        if not real_counts:
+            raise InputDataError(f"{labelled_csv}: no labelled patch holds a nucleus, so there are no counts to follow")
+        keep = match_counts(n_nuclei, real_counts, len(wanted))
+        logger.info(
+            "kept %d of %d candidates to follow the labelled nuclei counts: mean %.1f per structure "
+            "(labelled patches %.1f, all candidates %.1f)",
+            len(keep),
+            len(indices),
+            n_nuclei[keep].mean() if len(keep) else float("nan"),
+            np.mean(real_counts),
+            n_nuclei.mean() if len(n_nuclei) else float("nan"),
+        )
+        indices, sampled, structures, instances, n_nuclei = (
+            a[keep] for a in (indices, sampled, structures, instances, n_nuclei)
+        )
     degenerate = int(np.sum(n_nuclei == 0))
     logger.info(
         "shard %d/%d: %d structures in %.0f s; %d without any nucleus will be dropped; nuclei per structure: median %s",

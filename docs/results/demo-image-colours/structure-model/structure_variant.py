@@ -1,7 +1,7 @@
 """The demo's 100% structure model trained with overrides, judged the way the workflow judges it.
 
     python structure_variant.py OUT_DIR '{"lr_schedule": "cosine", "min_snr_gamma": 5}' \
-        ['{"marker_threshold": 0.5}' ['{"min_area": 20}']]
+        ['{"marker_threshold": 0.5}' ['{"min_area": 20}' [OVERSAMPLE]]]
 
 run from the root of a finished demo run. Trains the structure model (skipped when
 OUT_DIR/structure_model.pt exists: copy a run's model there to re-judge it), scores its
@@ -9,7 +9,8 @@ weights by nuclei statistics (OUT_DIR/sel.csv), samples 32 structures (the workf
 noise seeds), samples their images with the run's image model and scores the labelled
 Hover-Net's agreement with the pairs (OUT_DIR/agree.csv). The optional third argument
 overrides the watershed for the structures (what ``diffusion.structure_watershed`` does);
-the optional fourth overrides ``diffusion.cleanup``.
+the optional fourth overrides ``diffusion.cleanup``; the optional fifth is
+``diffusion.structure_oversample`` (default 1).
 """
 
 import json
@@ -47,6 +48,7 @@ if not (out / "structure_model.pt").exists():
         device="cpu",
     )
 cleanup_override = json.loads(sys.argv[4] if len(sys.argv) > 4 else "{}")
+oversample = int(sys.argv[5]) if len(sys.argv) > 5 else 1
 sampling = sampling_settings(diffusion["sampling"])
 cleanup = CleanupSettings(**{**diffusion["cleanup"], **cleanup_override})
 select_structure_weights(
@@ -69,6 +71,8 @@ sample_structures(
     watershed=watershed,
     cleanup=cleanup,
     selection=out / "sel.json",
+    oversample=oversample,
+    labelled_csv=labelled,
 )
 sample_images(
     run / "diffusion/image_model.pt",
