@@ -115,6 +115,26 @@ def test_oversampling_keeps_the_candidates_that_follow_the_labelled_counts(model
         sample_structures(models / "structure.pt", tmp_path / "x.npz", oversample=2, **common)
 
 
+def test_channels_last_sampling_changes_rounding_only(models, tmp_path):
+    from dataclasses import replace
+
+    nhwc = replace(SAMPLING, channels_last=True)
+    plain, fast = tmp_path / "plain.npz", tmp_path / "fast.npz"
+    for path, sampling in ((plain, SAMPLING), (fast, nhwc)):
+        sample_structures(
+            models / "structure.pt", path, n_total=3, n_shards=1, shard=0, sampling=sampling, watershed=WATERSHED
+        )
+    with np.load(plain) as p, np.load(fast) as f:
+        np.testing.assert_allclose(f["sampled_structures"], p["sampled_structures"], atol=1e-4)
+    images = {}
+    for name, sampling in (("plain", SAMPLING), ("fast", nhwc)):
+        sample_images(models / "image.pt", plain, tmp_path / f"pairs_{name}.npz", sampling=sampling)
+        with np.load(tmp_path / f"pairs_{name}.npz") as pairs:
+            images[name] = pairs["images"].astype(int)
+    assert images["plain"].shape == images["fast"].shape
+    assert np.abs(images["plain"] - images["fast"]).max() <= 1  # uint8: at most one level of rounding
+
+
 def test_pairs_and_augmented_set(models, tmp_path, tiny_labelled_csv):
     structures = tmp_path / "structures.npz"
     sample_structures(

@@ -85,6 +85,9 @@ class SamplingSettings:
     w = s - 1 = 1: the default. The paper's text says w = 2 (3 eps_c - 2 eps_u).
     ``cpu_bf16`` runs the network under bf16 autocast on the CPU (no effect on CUDA); ``"auto"``
     turns it on where the CPU has bf16 units (:func:`nudiff.runtime.cpu_has_bf16`).
+    ``channels_last`` runs the network in NHWC memory layout (weights, samples and
+    conditions): a guided step of the demo's image model under CPU bf16 took 1.24x less time
+    (``tests/benchmarks/bench_sampling_step.py``); it changes rounding only.
     """
 
     sampler: SamplerName = "ddpm"
@@ -95,6 +98,7 @@ class SamplingSettings:
     batch_size: int = 16
     seed: int = 0
     cpu_bf16: bool | str = False  # True, False or "auto" (resolved here)
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cpu_bf16", resolve_cpu_bf16(self.cpu_bf16))
@@ -131,6 +135,15 @@ def _network_precision(device: str, sampling: SamplingSettings):
     if sampling.cpu_bf16 and torch.device(device).type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _sampling_layout(tensor_or_model, sampling: SamplingSettings):
+    """A network (converted in place) or a 4-D tensor in the layout ``sampling`` asks for."""
+    if not sampling.channels_last:
+        return tensor_or_model
+    if isinstance(tensor_or_model, torch.nn.Module):
+        return tensor_or_model.to(memory_format=torch.channels_last)
+    return tensor_or_model.contiguous(memory_format=torch.channels_last)
 
 
 def label_structure(inst: np.ndarray) -> np.ndarray:
@@ -217,7 +230,7 @@ def _reverse_process(
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with _network_precision(device, sampling):
-            return network(x, t).float()
+            return network(_sampling_layout(x, sampling), t).float().contiguous()
 
     result = sample(
         eps,
@@ -252,6 +265,7 @@ def structure_batch(
     then :func:`clean_instances`) and ``structures`` (:func:`label_structure` of each label).
     """
 
+    model = _sampling_layout(model, sampling)
     x0 = _reverse_process(
         lambda x, t: model(x, t), schedule, size, indices, sampling, device=device, stream=stream, what="structures"
     )
@@ -280,7 +294,10 @@ def image_batch(
     """
     size = instances.shape[-1]
     structures = np.stack([label_structure(inst) for inst in instances])
-    cond = torch.from_numpy(structure_to_model_range(structures)).permute(0, 3, 1, 2).to(device)
+    cond = _sampling_layout(
+        torch.from_numpy(structure_to_model_range(structures)).permute(0, 3, 1, 2).to(device), sampling
+    )
+    model = _sampling_layout(model, sampling)
 
     x0 = _reverse_process(
         lambda x, t: guided_eps(model, x, t, cond, sampling.guidance_scale),
