@@ -17,8 +17,6 @@ median seconds per step and the baseline's median over it.
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
 
 import benchkit
@@ -64,38 +62,15 @@ def make_stepper(name: str, model_kind: str, options: dict[str, bool]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", default="2+8", help="WARMUP+TIMED steps per variant")
-    parser.add_argument("--presets", default="config")
-    parser.add_argument("--models", default="image,structure")
-    parser.add_argument("--variants", default="bf16,bf16+cl")
-    args = parser.parse_args()
-    benchkit.set_threads(args.threads)
-    warmup, timed = benchkit.parse_steps(args.steps)
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    env = benchkit.environment(args.threads)
-    print(f"# {benchkit.command()}")
-    print(f"# torch {env['torch']}, {env['cpu']}, {args.threads} thread(s), load {env['load_average']}")
-    print(f"# {warmup} warm-up + {timed} timed steps per variant, interleaved; ratio = {variants[0]} / variant")
-    print(f"{'preset':12s} {'model':10s} {'size':>5s} {'batch':>5s} {'variant':8s} {'median s':>9s} {'ratio':>6s}")
-    for name in args.presets.split(","):
-        for kind in args.models.split(","):
-            steppers = {v: make_stepper(name, kind, VARIANTS[v]) for v in variants}
-            times: dict[str, list[float]] = {v: [] for v in variants}
-            for i in range(warmup + timed):
-                for v in variants:
-                    seconds = steppers[v][0]()
-                    if i >= warmup:
-                        times[v].append(seconds)
-            base = statistics.median(times[variants[0]])
-            for v in variants:
-                _, size, batch = steppers[v]
-                med = statistics.median(times[v])
-                print(f"{name:12s} {kind:10s} {size:5d} {batch:5d} {v:8s} {med:9.3f} {base / med:6.2f}", flush=True)
+    benchkit.compare_variants(
+        __doc__.split("\n")[0],
+        VARIANTS,
+        make_stepper,
+        presets="config",
+        models="image,structure",
+        variants="bf16,bf16+cl",
+        steps="2+8",
+    )
 
 
 if __name__ == "__main__":

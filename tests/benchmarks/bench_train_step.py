@@ -29,9 +29,7 @@ CPU only: on CUDA the loop always autocasts to bf16, and these options are unmea
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import statistics
 import time
 from typing import Any
 
@@ -102,39 +100,21 @@ def make_stepper(net: dict[str, Any], size: int, batch: int, options: dict[str, 
     return step
 
 
+def make_preset_stepper(name: str, model: str, options: dict[str, Any]):
+    net, size, batch = preset(name, model)
+    return make_stepper(net, size, batch, options), size, batch
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", default="3+15", help="WARMUP+TIMED steps per variant")
-    parser.add_argument("--presets", default="config,monuseg-cpu")
-    parser.add_argument("--models", default="structure,image")
-    parser.add_argument("--variants", default="fp32,fast")
-    args = parser.parse_args()
-    benchkit.set_threads(args.threads)
-    warmup, timed = benchkit.parse_steps(args.steps)
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    env = benchkit.environment(args.threads)
-    print(f"# {benchkit.command()}")
-    print(f"# torch {env['torch']}, {env['cpu']}, {args.threads} thread(s), load {env['load_average']}")
-    print(f"# {warmup} warm-up + {timed} timed steps per variant, interleaved; ratio = {variants[0]} / variant")
-    print(f"{'preset':12s} {'model':10s} {'size':>5s} {'batch':>5s} {'variant':8s} {'median s':>9s} {'ratio':>6s}")
-    for name in args.presets.split(","):
-        for model in args.models.split(","):
-            net, size, batch = preset(name, model)
-            steppers = {v: make_stepper(net, size, batch, VARIANTS[v]) for v in variants}
-            times: dict[str, list[float]] = {v: [] for v in variants}
-            for i in range(warmup + timed):
-                for v in variants:
-                    seconds = steppers[v]()
-                    if i >= warmup:
-                        times[v].append(seconds)
-            base = statistics.median(times[variants[0]])
-            for v in variants:
-                med = statistics.median(times[v])
-                print(f"{name:12s} {model:10s} {size:5d} {batch:5d} {v:8s} {med:9.3f} {base / med:6.2f}", flush=True)
+    benchkit.compare_variants(
+        __doc__.split("\n")[0],
+        VARIANTS,
+        make_preset_stepper,
+        presets="config,monuseg-cpu",
+        models="structure,image",
+        variants="fp32,fast",
+        steps="3+15",
+    )
 
 
 if __name__ == "__main__":

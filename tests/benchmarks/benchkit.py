@@ -317,3 +317,63 @@ def real_patches(size: int, *, images: int = 1) -> tuple[Any, Any]:
             rgbs.append(rgb[y : y + size, x : x + size])
             insts.append(inst[y : y + size, x : x + size])
     return np.stack(rgbs), np.stack(insts)
+
+
+# ---- variants of one step, side by side -------------------------------------------
+
+StepMaker = Callable[[str, str, dict[str, Any]], tuple[Callable[[], float], int, int]]
+
+
+def compare_variants(
+    description: str,
+    known: dict[str, dict[str, Any]],
+    make_stepper: StepMaker,
+    *,
+    presets: str,
+    models: str,
+    variants: str,
+    steps: str,
+) -> None:
+    """The command line and table shared by the step benchmarks (``bench_train_step.py``,
+    ``bench_sampling_step.py``).
+
+    ``make_stepper(preset, model, options)`` returns ``(step, size, batch)``, where ``step()``
+    runs one step and returns its seconds. All variants of one (preset, model) are built
+    first, then stepped round-robin, so a load change on a shared machine hits every variant
+    alike; the table gives each variant's median seconds per step and the first variant's
+    median over it.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", default=steps, help="WARMUP+TIMED steps per variant")
+    parser.add_argument("--presets", default=presets)
+    parser.add_argument("--models", default=models)
+    parser.add_argument("--variants", default=variants)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    warmup, timed_steps = parse_steps(args.steps)
+    chosen = args.variants.split(",")
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {sorted(known)}")
+    env = environment(args.threads)
+    print(f"# {command()}")
+    print(f"# torch {env['torch']}, {env['cpu']}, {args.threads} thread(s), load {env['load_average']}")
+    print(f"# {warmup} warm-up + {timed_steps} timed steps per variant, interleaved; ratio = {chosen[0]} / variant")
+    print(f"{'preset':12s} {'model':10s} {'size':>5s} {'batch':>5s} {'variant':8s} {'median s':>9s} {'ratio':>6s}")
+    for name in args.presets.split(","):
+        for model in args.models.split(","):
+            steppers = {v: make_stepper(name, model, known[v]) for v in chosen}
+            times: dict[str, list[float]] = {v: [] for v in chosen}
+            for i in range(warmup + timed_steps):
+                for v in chosen:
+                    seconds = steppers[v][0]()
+                    if i >= warmup:
+                        times[v].append(seconds)
+            base = statistics.median(times[chosen[0]])
+            for v in chosen:
+                _, size, batch = steppers[v]
+                med = statistics.median(times[v])
+                print(f"{name:12s} {model:10s} {size:5d} {batch:5d} {v:8s} {med:9.3f} {base / med:6.2f}", flush=True)
