@@ -50,6 +50,13 @@ def structure_watershed(config: Mapping[str, Any]) -> dict[str, Any]:
     return {**config.get("watershed", {}), **config.get("diffusion", {}).get("structure_watershed", {})}
 
 
+def image_sampling(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling of synthetic images (image-weight choice, guidance sweep, the pairs'
+    images): ``diffusion.sampling`` with ``diffusion.image_sampling`` laid over it."""
+    diffusion = config.get("diffusion", {})
+    return {**diffusion.get("sampling", {}), **diffusion.get("image_sampling", {})}
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is an error."""
     # Imported here: rules/common.smk imports this module, and torch would add

@@ -5,7 +5,7 @@ import re
 
 from snakemake.utils import validate
 
-from nudiff.config import check_config, structure_watershed, subset_key
+from nudiff.config import check_config, image_sampling, structure_watershed, subset_key
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import ConfigError
 

@@ -155,7 +155,7 @@ rule select_image_weights:
         "benchmarks/{dataset}/{pct}pct/select_image_weights.tsv"
     params:
         n=config["diffusion"]["selection"]["n_images"],
-        sampling=config["diffusion"]["sampling"],
+        sampling=image_sampling(config),
         watershed=config["watershed"],
         device=config["diffusion"]["device"],
     priority: PAIRS_PRIORITY
@@ -195,7 +195,7 @@ rule guidance_sweep:
     params:
         scales=config["diffusion"]["guidance_sweep"]["scales"],
         n=config["diffusion"]["guidance_sweep"]["n"],
-        sampling=config["diffusion"]["sampling"],
+        sampling=image_sampling(config),
         watershed=config["watershed"],
         device=config["diffusion"]["device"],
     threads: threads_for("guidance_sweep")
@@ -250,7 +250,7 @@ rule sample_images:
     benchmark:
         "benchmarks/{dataset}/{pct}pct/sample_images_{shard}.tsv"
     params:
-        sampling=config["diffusion"]["sampling"],
+        sampling=image_sampling(config),
         colour_transfer=config["diffusion"]["colour_transfer"],
         device=config["diffusion"]["device"],
         resume_file="checkpoints/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",

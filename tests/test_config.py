@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nudiff.config import structure_watershed
+from nudiff.config import image_sampling, structure_watershed
 from nudiff.datasets.demo import make_demo_dataset
 from nudiff.diffusion.synthesis import CleanupSettings, SamplingSettings
 from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig
@@ -177,4 +177,24 @@ def test_a_misspelt_structure_watershed_key_fails_the_schema():
     config = yaml.safe_load((root / "config.yaml").read_text())
     config["diffusion"]["structure_watershed"] = {"marker_treshold": 0.5}
     with pytest.raises(WorkflowError, match="marker_treshold"):
+        validate(config, str(root / "schema.yaml"))
+
+
+def test_image_sampling_overrides_the_sampling_for_synthetic_images_only():
+    config = {"diffusion": {"sampling": {"sampler": "ddpm", "steps": 100, "seed": 3}}}
+    assert image_sampling(config) == config["diffusion"]["sampling"]
+    config["diffusion"]["image_sampling"] = {"steps": 25}
+    assert image_sampling(config) == {"sampler": "ddpm", "steps": 25, "seed": 3}
+    assert config["diffusion"]["sampling"]["steps"] == 100  # structures keep theirs
+
+
+@pytest.mark.parametrize("override", [{"step": 25}, {"steps": 0}, {"seed": 1}])
+def test_a_bad_image_sampling_entry_fails_the_schema(override):
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    root = Path(__file__).parents[1] / "config"
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    config["diffusion"]["image_sampling"] = override
+    with pytest.raises(WorkflowError, match="image_sampling"):
         validate(config, str(root / "schema.yaml"))
