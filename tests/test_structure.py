@@ -359,12 +359,35 @@ def test_cleanup_keeps_a_nested_nucleus_hole_for_that_nucleus():
     assert ndimage.label(out == 1, structure=np.ones((3, 3)))[1] == 1
 
 
+def test_cleanup_opening_smooths_outlines_and_drops_nuclei_thinner_than_the_disk():
+    """opening_radius 1 (a 3x3 cross): a 3-px spur on a square shrinks to the one pixel the
+    cross still covers from inside the square, and the square's corners go; a line one pixel
+    wide vanishes; a neighbour touching the square is opened on its
+    own pixels, not merged. radius 0 changes nothing."""
+    inst = np.zeros((12, 20), np.int32)
+    inst[2:8, 2:8] = 1
+    inst[4, 8:11] = 1  # a 3-px spur
+    inst[2:8, 8 + 3 : 8 + 8] = 2  # a second square, right of the spur's tip
+    inst[10, 2:18] = 3  # a line one pixel thick
+    out = clean_instances(inst, min_area=0, opening_radius=1)
+    expected = np.zeros_like(inst)
+    expected[2:8, 2:8] = 1
+    expected[4, 8] = 1
+    expected[2:8, 11:16] = 2
+    # a disk of radius 1 cannot fit a square's corners: the opening rounds them
+    for r, c in [(2, 2), (2, 7), (7, 2), (7, 7), (2, 11), (2, 15), (7, 11), (7, 15)]:
+        expected[r, c] = 0
+    assert np.array_equal(out, expected)
+    assert np.array_equal(clean_instances(inst, min_area=0, opening_radius=0), clean_instances(inst, min_area=0))
+
+
 @pytest.mark.parametrize(
     "inst, options",
     [
         (np.zeros((4, 4, 1), np.int32), {}),  # not 2-D
         (np.zeros((4, 4), np.float32), {}),  # not integer
         (np.zeros((4, 4), np.int32), {"min_area": -1}),
+        (np.zeros((4, 4), np.int32), {"opening_radius": -1}),
     ],
 )
 def test_cleanup_rejects_bad_input(inst, options):

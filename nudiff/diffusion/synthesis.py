@@ -111,6 +111,7 @@ class CleanupSettings:
     min_area: int = 10
     fill_holes: bool = True
     largest_fragment: bool = True
+    opening_radius: int = 0
 
 
 def sampling_settings(values: dict[str, Any]) -> SamplingSettings:
