@@ -11,7 +11,6 @@ BIN := $(VENV)/bin
 # Reinstall only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 

@@ -143,6 +143,11 @@ def resources_for(rule_name):
 # the reports can fill the other cores. Without it, a 2-core run of config/monuseg-cpu.yaml
 # trained all labelled Hover-Nets before starting the image model (README).
 PAIRS_PRIORITY = 10
+# Segmenter training, the longest jobs after them, goes before the short ones (test-image
+# inference, guidance sweep, sampler comparison, reports), which then fill the other cores
+# instead of leaving one training to run alone at the end: the 2-core demo's last augmented
+# PFF-Net ran 66 s by itself while the short jobs went first (README).
+SEGMENTER_PRIORITY = 5
 
 
 def synthetic_pairs(wildcards):

@@ -24,6 +24,7 @@ rule train_segmenter:
         training=segmenter_training,
         device=config["segmentation"]["device"],
         checkpoint_dir="checkpoints/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}",
+    priority: SEGMENTER_PRIORITY
     threads: threads_for("train_segmenter")
     resources:
         **resources_for("train_segmenter"),
