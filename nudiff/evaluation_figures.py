@@ -28,6 +28,7 @@ from nudiff.metrics import aji, dice  # noqa: E402
 from nudiff.table import (  # noqa: E402
     METRICS,
     MODEL_NAMES,
+    PAPER_ARMS,
     TABLE_COLUMNS,
     TRAINSETS,
     subset_percent,
@@ -78,6 +79,7 @@ def plot_per_image_metrics(per_image_csv: str | os.PathLike, out_png: str | os.P
     """
     path = Path(per_image_csv)
     frame = _read_per_image(path)
+    frame = frame[frame["trainset"].isin(PAPER_ARMS)]  # the other arms: compare_arms' figure
     names = sorted(frame["name"].unique())
     x_of = {name: i for i, name in enumerate(names)}
     models = sorted(frame["model"].unique(), key=lambda m: (m not in MODEL_NAMES, m))
@@ -88,7 +90,7 @@ def plot_per_image_metrics(per_image_csv: str | os.PathLike, out_png: str | os.P
     for ax, (model, metric) in zip(axes[:, 0], panels):
         part = frame[frame["model"] == model]
         wide = part.pivot_table(index=["name", "seed"], columns="trainset", values=metric)
-        if set(TRAINSETS) <= set(wide.columns):
+        if set(PAPER_ARMS) <= set(wide.columns):
             for (name, _), row in wide.dropna().iterrows():
                 up = row["augmented"] >= row["labelled"]
                 ax.plot(
@@ -99,7 +101,7 @@ def plot_per_image_metrics(per_image_csv: str | os.PathLike, out_png: str | os.P
                     color="tab:green" if up else "tab:red",
                     zorder=1,
                 )
-        for sign, trainset in zip((-1, 1), TRAINSETS):
+        for sign, trainset in zip((-1, 1), PAPER_ARMS):
             rows = part[part["trainset"] == trainset]
             if rows.empty:
                 continue
@@ -276,7 +278,7 @@ def plot_table_bars(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
         for r, metric in enumerate(METRICS):
             ax = axes[r][c]
             values = []
-            for sign, trainset in zip((-1, 1), TRAINSETS):
+            for sign, trainset in zip((-1, 1), PAPER_ARMS):
                 rows = part[part["trainset"] == trainset].set_index("subset").reindex(subsets)
                 x = np.arange(len(subsets)) + sign * width / 2
                 mean, std = rows[f"{metric}_mean"], rows[f"{metric}_std"]
@@ -294,7 +296,7 @@ def plot_table_bars(table: pd.DataFrame, out_png: str | os.PathLike) -> None:
                         markersize=16,
                         mew=2.5,
                         color="black",
-                        label="paper" if trainset == TRAINSETS[0] else None,
+                        label="paper" if trainset == PAPER_ARMS[0] else None,
                     )
                 values += [*(mean - std).dropna(), *(mean + std).dropna(), *paper.dropna()]
             low, high = min(values), max(values)

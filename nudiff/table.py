@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from nudiff.arms import ARMS
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.tables import read_table
@@ -28,7 +29,9 @@ from nudiff.io.tables import read_table
 logger = logging.getLogger(__name__)
 
 METRICS = ("dice", "aji")
-TRAINSETS = ("labelled", "augmented")
+# the paper reports two arms; nudiff.arms.ARMS are every arm a preset may train
+PAPER_ARMS = ("labelled", "augmented")
+TRAINSETS = ARMS
 PAPER_DATASETS = ("monuseg", "kumar")
 _PAPER_NAMES = {"monuseg": "MoNuSeg", "kumar": "Kumar"}
 MODEL_NAMES = {"hovernet": "Hover-Net", "pffnet": "PFF-Net"}
@@ -80,7 +83,7 @@ def _paper_rows() -> dict[tuple[str, str, str, str], tuple[float, float]]:
     out = {}
     for model, subsets in rows.items():
         for subset, per_trainset in subsets.items():
-            for trainset, per_dataset in zip(TRAINSETS, per_trainset):
+            for trainset, per_dataset in zip(PAPER_ARMS, per_trainset):
                 for paper_dataset, scores in zip(PAPER_DATASETS, per_dataset):
                     out[(paper_dataset, model, subset, trainset)] = scores
     return out
@@ -202,11 +205,11 @@ def build_table(metrics_csvs: Sequence[str | os.PathLike], *, paper_datasets: Ma
 
 
 def _add_gains(table: pd.DataFrame) -> None:
-    """Augmented - labelled of the same (dataset, model, subset), on augmented rows only."""
+    """Arm - labelled of the same (dataset, model, subset), on the rows of every other arm."""
     keys = ["dataset", "model", "subset"]
     labelled = table[table["trainset"] == "labelled"].set_index(keys)
     index = pd.MultiIndex.from_frame(table[keys])
-    is_augmented = (table["trainset"] == "augmented").to_numpy()
+    is_augmented = (table["trainset"] != "labelled").to_numpy()
     for metric in METRICS:
         for column, gain in ((f"{metric}_mean", f"{metric}_gain"), (f"paper_{metric}", f"paper_{metric}_gain")):
             base = labelled[column].reindex(index).to_numpy()
@@ -214,23 +217,24 @@ def _add_gains(table: pd.DataFrame) -> None:
 
 
 def _add_paired_gains(table: pd.DataFrame, rows: pd.DataFrame) -> None:
-    """Augmented - labelled of the same seed, then mean and sample std over the seeds both have.
+    """Arm - labelled of the same seed, then mean and sample std over the seeds both have.
 
     A seed fixes a segmenter's initial weights, validation split and (with paired mixing)
     its real training batches, so the per-seed difference removes what the two arms share;
-    its spread is the yardstick a gain must exceed. On augmented rows only.
+    its spread is the yardstick a gain must exceed. On the rows of every arm but labelled.
     """
     keys = ["dataset", "model", "subset"]
-    by_arm = {arm: rows[rows["trainset"] == arm].set_index([*keys, "seed"])[list(METRICS)] for arm in TRAINSETS}
-    differences = (by_arm["augmented"] - by_arm["labelled"]).dropna()
+    by_arm = {arm: rows[rows["trainset"] == arm].set_index([*keys, "seed"])[list(METRICS)] for arm in ARMS}
     for column in ("n_paired_seeds", *(f"{m}_paired_gain_{s}" for m in METRICS for s in ("mean", "std"))):
         table[column] = np.nan
-    for key, group in differences.groupby(level=keys):
-        at = (table[keys].apply(tuple, axis=1) == key) & (table["trainset"] == "augmented")
-        table.loc[at, "n_paired_seeds"] = len(group)
-        for metric in METRICS:
-            table.loc[at, f"{metric}_paired_gain_mean"] = group[metric].mean()
-            table.loc[at, f"{metric}_paired_gain_std"] = group[metric].std(ddof=1)
+    for arm in ARMS[1:]:
+        differences = (by_arm[arm] - by_arm["labelled"]).dropna()
+        for key, group in differences.groupby(level=keys):
+            at = (table[keys].apply(tuple, axis=1) == key) & (table["trainset"] == arm)
+            table.loc[at, "n_paired_seeds"] = len(group)
+            for metric in METRICS:
+                table.loc[at, f"{metric}_paired_gain_mean"] = group[metric].mean()
+                table.loc[at, f"{metric}_paired_gain_std"] = group[metric].std(ddof=1)
 
 
 def paired_gain_text(row: pd.Series, metric: str) -> str:
@@ -244,9 +248,9 @@ def paired_gain_text(row: pd.Series, metric: str) -> str:
 
 
 def _paired_lines(table: pd.DataFrame, model: str) -> list[str]:
-    part = table[(table["model"] == model) & (table["trainset"] == "augmented")]
+    part = table[(table["model"] == model) & (table["trainset"] != "labelled")]
     return [
-        f"{r['dataset']} {subset_percent(r['subset'])}%: augmented - labelled, same seed: "
+        f"{r['dataset']} {subset_percent(r['subset'])}%: {r['trainset']} - labelled, same seed: "
         + ", ".join(f"{'Dice' if m == 'dice' else 'AJI'} {paired_gain_text(r, m)}" for m in METRICS)
         for _, r in part.iterrows()
         if np.isfinite(r["n_paired_seeds"])

@@ -5,13 +5,17 @@ import re
 
 from snakemake.utils import validate
 
+from nudiff.arms import TRAINSETS as ARM_TRAINSETS
+from nudiff.arms import arm_training, check_arms, comparisons
 from nudiff.config import check_config, image_sampling, structure_watershed, subset_key
+from nudiff.datasets.sources import SPLITS as SOURCE_SPLITS
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import ConfigError
 
 
 validate(config, schema="../config/schema.yaml")
 check_config(config)
+check_arms(config["segmentation"])
 
 
 def key_sorted(value):
@@ -33,9 +37,14 @@ DATASETS = list(config["datasets"])
 SUBSETS = sorted(config["subsets"])
 
 
+SPLITS = list(SOURCE_SPLITS)
+
+
 wildcard_constraints:
+    trainset="|".join(re.escape(name) for name in config["segmentation"]["arms"]),
     dataset="|".join(re.escape(name) for name in DATASETS),
     pct="|".join(str(p) for p in SUBSETS),
+    split="|".join(SPLITS),
 
 
 # ---- datasets ---------------------------------------------------------------
@@ -46,20 +55,23 @@ def dataset_spec(wildcards):
 
 
 def prepare_dataset_input(wildcards):
-    """A generated demo comes from make_demo_dataset; real data is listed file by file,
-    so Snakemake notices a changed or missing source file."""
+    """A generated demo comes from make_demo_dataset; real data is listed file by file, the
+    split's own files only, so Snakemake notices a changed or missing source file and a test
+    file never reaches the training split's job."""
     spec = dataset_spec(wildcards)
     if spec["format"] == "demo":
         return [f"results/{wildcards.dataset}/source"]
-    items = list_source_items(spec["format"], spec["path"], config_key=f"datasets.{wildcards.dataset}.format")
+    items = list_source_items(
+        spec["format"], spec["path"], splits=[wildcards.split], config_key=f"datasets.{wildcards.dataset}.format"
+    )
     return sorted({str(p) for item in items for p in (item.image_path, item.label_path)})
 
 
 def prepare_dataset_params(wildcards):
     spec = dataset_spec(wildcards)
     if spec["format"] == "demo":
-        return {"format": "folder", "root": f"results/{wildcards.dataset}/source"}
-    return {"format": spec["format"], "root": spec["path"]}
+        return {"format": "folder", "root": f"results/{wildcards.dataset}/source", "split": wildcards.split}
+    return {"format": spec["format"], "root": spec["path"], "split": wildcards.split}
 
 
 # ---- targets ----------------------------------------------------------------
@@ -81,6 +93,7 @@ def get_final_output():
         out += diffusion_outputs(dataset)
         out += expand("results/{dataset}/{pct}pct/per_image_metrics.png", dataset=dataset, pct=SUBSETS)
         out += expand("results/{dataset}/{pct}pct/prediction_overlays.png", dataset=dataset, pct=SUBSETS)
+        out += expand("results/{dataset}/{pct}pct/arms.png", dataset=dataset, pct=SUBSETS)
     return out
 
 
@@ -204,7 +217,7 @@ def diffusion_outputs(dataset):
 
 MODELS = config["segmentation"]["models"]
 SEEDS = config["segmentation"]["seeds"]
-TRAINSETS = ["labelled", "augmented"]
+TRAINSETS = config["segmentation"]["arms"]  # the arms, named as in the table
 _PAPER_TABLES = {"monuseg": "monuseg", "kumar": "kumar"}
 
 
@@ -218,11 +231,18 @@ def labelled_segmenter(name):
 
 
 def segmenter_training(wildcards):
-    """The model's training settings, with this run's seed and how validation turns outputs
-    into instances (Hover-Net: the shared watershed; PFF-Net: its inference settings)."""
+    """The model's training settings for the arm (its recipe and overrides, nudiff.arms), with
+    this run's seed and how validation turns outputs into instances (Hover-Net: the shared
+    watershed; PFF-Net: its inference settings)."""
     model = config["segmentation"][wildcards.model]
     extra = {"watershed": config["watershed"]} if wildcards.model == "hovernet" else {"inference": model["inference"]}
-    return {**model["training"], "seed": int(wildcards.seed), **extra}
+    training = arm_training(wildcards.trainset, config["segmentation"], wildcards.model)
+    return {**training, "seed": int(wildcards.seed), **extra}
+
+
+def arm_samples(wildcards):
+    """The sample table the arm trains on."""
+    return f"results/{wildcards.dataset}/{wildcards.pct}pct/trainsets/{ARM_TRAINSETS[wildcards.trainset]}.csv"
 
 
 def subset_scores(wildcards):
@@ -236,12 +256,25 @@ def subset_scores(wildcards):
     )
 
 
+# "<model>/<arm>/<seed>" of every run of a subset, in the order of arm_validation_logs
+RUN_NAMES = [f"{model}/{arm}/{seed}" for model in MODELS for arm in TRAINSETS for seed in SEEDS]
+
+
+def arm_validation_logs(wildcards):
+    """Every run's validation log of a subset, in the order of RUN_NAMES."""
+    return [
+        f"results/{wildcards.dataset}/{wildcards.pct}pct/segmentation/{name.rsplit('/', 1)[0]}/seed{name.rsplit('/', 1)[1]}/validation.csv"
+        for name in RUN_NAMES
+    ]
+
+
 def overlay_predictions(wildcards):
     """Predictions of the first seed of every model and training set, by label."""
     return {
         f"{model}_{trainset}": f"results/{wildcards.dataset}/{wildcards.pct}pct/segmentation/{model}/{trainset}/seed{SEEDS[0]}/predictions"
         for model in MODELS
         for trainset in TRAINSETS
+        if trainset in ("labelled", "augmented")  # the paper's two rows; every arm is in compare_arms
     }
 
 

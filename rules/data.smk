@@ -17,13 +17,16 @@ rule make_demo_dataset:
         "../workflow_scripts/make_demo_dataset.py"
 
 
+# One folder per split, each from its own source files: the test split is an output of its
+# own, read only by test-image inference, scoring and the figures made from scores
+# (tests/test_test_split.py checks this for every preset).
 rule prepare_dataset:
     input:
         prepare_dataset_input,
     output:
-        directory("results/{dataset}/prepared"),
+        directory("results/{dataset}/prepared/{split}"),
     log:
-        "logs/{dataset}/prepare_dataset.log",
+        "logs/{dataset}/prepare_dataset_{split}.log",
     params:
         source=prepare_dataset_params,
     threads: threads_for("prepare_dataset")
@@ -37,7 +40,7 @@ rule prepare_dataset:
 
 rule extract_patches:
     input:
-        "results/{dataset}/prepared",
+        "results/{dataset}/prepared/train",
     output:
         "results/{dataset}/patches/index.csv",
     log:
@@ -56,7 +59,7 @@ rule extract_patches:
 
 rule compute_features:
     input:
-        prepared="results/{dataset}/prepared",
+        prepared="results/{dataset}/prepared/train",
         index="results/{dataset}/patches/index.csv",
     output:
         "results/{dataset}/patches/features.npz",
@@ -95,7 +98,7 @@ rule cluster_patches:
 
 rule select_subset:
     input:
-        prepared="results/{dataset}/prepared",
+        prepared="results/{dataset}/prepared/train",
         index="results/{dataset}/patches/index.csv",
         clusters="results/{dataset}/patches/clusters.csv",
     output:
@@ -112,6 +115,27 @@ rule select_subset:
         "../envs/nudiff.yaml"
     script:
         "../workflow_scripts/select_subset.py"
+
+
+# Whole source images of each subset held out for validation before anything trains: the
+# generator never sees them, and every segmenter arm and seed picks its weights on them.
+rule hold_out_validation:
+    input:
+        "results/{dataset}/{pct}pct/trainsets/labelled.csv",
+    output:
+        train="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
+        validation="results/{dataset}/{pct}pct/trainsets/validation.csv",
+    log:
+        "logs/{dataset}/{pct}pct/hold_out_validation.log",
+    params:
+        validation=config["validation"],
+    threads: threads_for("hold_out_validation")
+    resources:
+        **resources_for("hold_out_validation"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/hold_out_validation.py"
 
 
 rule summarize_subsets:

@@ -4,7 +4,7 @@
 
 rule train_structure_model:
     input:
-        "results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        "results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
     output:
         model="results/{dataset}/{pct}pct/diffusion/structure_model.pt",
         losses="results/{dataset}/{pct}pct/diffusion/structure_model_loss.csv",
@@ -38,7 +38,7 @@ rule train_structure_model:
 
 rule train_image_model_conditional:
     input:
-        "results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        "results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
     output:
         model="results/{dataset}/{pct}pct/diffusion/image_model_conditional.pt",
         losses="results/{dataset}/{pct}pct/diffusion/image_model_conditional_loss.csv",
@@ -72,7 +72,7 @@ rule train_image_model_conditional:
 
 rule train_image_model_guided:
     input:
-        samples="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        samples="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
         init_model="results/{dataset}/{pct}pct/diffusion/image_model_conditional.pt",
     output:
         model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
@@ -107,7 +107,7 @@ rule train_image_model_guided:
 rule select_structure_weights:
     input:
         model="results/{dataset}/{pct}pct/diffusion/structure_model.pt",
-        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
     output:
         scores=report(
             "results/{dataset}/{pct}pct/diffusion/structure_model_selection.csv",
@@ -139,7 +139,7 @@ rule select_structure_weights:
 rule select_image_weights:
     input:
         model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
-        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
         segmenter=labelled_segmenter("model.pt"),
     output:
         scores=report(
@@ -174,7 +174,7 @@ rule guidance_sweep:
         selection="results/{dataset}/{pct}pct/diffusion/image_model_selection.json",
         pairs=pair_shards,
         segmenter=labelled_segmenter("model.pt"),
-        reference=labelled_segmenter("scores.csv"),
+        validation="results/{dataset}/{pct}pct/trainsets/validation.csv",
     output:
         table=report(
             "results/{dataset}/{pct}pct/synthetic/quality/guidance_sweep.csv",
@@ -211,7 +211,7 @@ rule sample_structures:
     input:
         model="results/{dataset}/{pct}pct/diffusion/structure_model.pt",
         selection="results/{dataset}/{pct}pct/diffusion/structure_model_selection.json",
-        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
     output:
         "results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
     log:
@@ -242,7 +242,7 @@ rule sample_images:
         model="results/{dataset}/{pct}pct/diffusion/image_model.pt",
         selection="results/{dataset}/{pct}pct/diffusion/image_model_selection.json",
         structures="results/{dataset}/{pct}pct/synthetic/structures_{shard}.npz",
-        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
     output:
         "results/{dataset}/{pct}pct/synthetic/pairs_{shard}.npz",
     log:
@@ -266,7 +266,7 @@ rule sample_images:
 
 rule build_augmented_set:
     input:
-        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
         pairs=pair_shards,
     output:
         "results/{dataset}/{pct}pct/trainsets/augmented.csv",
@@ -282,9 +282,31 @@ rule build_augmented_set:
         "../workflow_scripts/build_augmented_set.py"
 
 
+# The consistency control (arm shuffled): the same pairs, each image with another pair's label.
+rule build_shuffled_set:
+    input:
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
+        pairs=pair_shards,
+    output:
+        shard="results/{dataset}/{pct}pct/synthetic/shuffled_pairs.npz",
+        samples="results/{dataset}/{pct}pct/trainsets/shuffled.csv",
+    log:
+        "logs/{dataset}/{pct}pct/build_shuffled_set.log",
+    params:
+        seed=config["diffusion"]["sampling"]["seed"],
+    priority: PAIRS_PRIORITY
+    threads: threads_for("build_shuffled_set")
+    resources:
+        **resources_for("build_shuffled_set"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/build_shuffled_set.py"
+
+
 rule assess_synthetic_pairs:
     input:
-        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
         pairs=pair_shards,
     output:
         statistics=report(
@@ -328,7 +350,7 @@ rule assess_synthetic_pairs:
 rule segment_synthetic_pairs:
     input:
         model=labelled_segmenter("model.pt"),
-        reference=labelled_segmenter("scores.csv"),
+        validation="results/{dataset}/{pct}pct/trainsets/validation.csv",
         pairs=pair_shards,
     output:
         summary=report(
@@ -382,7 +404,7 @@ rule sample_sampler_comparison:
 
 rule compare_samplers:
     input:
-        labelled="results/{dataset}/{pct}pct/trainsets/labelled.csv",
+        labelled="results/{dataset}/{pct}pct/trainsets/labelled_train.csv",
         samples=sampler_comparison_shards,
     output:
         table=report(

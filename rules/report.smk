@@ -28,7 +28,7 @@ rule plot_per_image_metrics:
 rule plot_prediction_overlays:
     input:
         unpack(overlay_predictions),
-        prepared="results/{dataset}/prepared",
+        prepared="results/{dataset}/prepared/test",
     output:
         report(
             "results/{dataset}/{pct}pct/prediction_overlays.png",
@@ -49,6 +49,47 @@ rule plot_prediction_overlays:
         "../envs/nudiff.yaml"
     script:
         "../workflow_scripts/plot_prediction_overlays.py"
+
+
+# Every arm against its control, seed by seed (nudiff.arm_comparison); pooled over blocks
+# (generators) by docs' block records.
+rule compare_arms:
+    input:
+        metrics="results/{dataset}/{pct}pct/metrics.csv",
+        validation=arm_validation_logs,
+    output:
+        summary=report(
+            "results/{dataset}/{pct}pct/arms.csv",
+            caption="../config/report/arms.rst",
+            category="Segmentation",
+            subcategory="{dataset} {pct}%",
+        ),
+        differences=report(
+            "results/{dataset}/{pct}pct/arm_differences.csv",
+            caption="../config/report/arms.rst",
+            category="Segmentation",
+            subcategory="{dataset} {pct}%",
+        ),
+        figure=report(
+            "results/{dataset}/{pct}pct/arms.png",
+            caption="../config/report/arms.rst",
+            category="Segmentation",
+            subcategory="{dataset} {pct}%",
+        ),
+    log:
+        "logs/{dataset}/{pct}pct/compare_arms.log",
+    params:
+        comparisons=comparisons(TRAINSETS, config["segmentation"]),
+        runs=RUN_NAMES,
+    group:
+        "evaluate"
+    threads: threads_for("compare_arms")
+    resources:
+        **resources_for("compare_arms"),
+    conda:
+        "../envs/nudiff.yaml"
+    script:
+        "../workflow_scripts/compare_arms.py"
 
 
 rule make_table:
@@ -74,7 +115,7 @@ rule make_table:
 
 rule record_provenance:
     input:
-        manifests=expand("results/{dataset}/prepared", dataset=DATASETS),
+        manifests=expand("results/{dataset}/prepared/{split}", dataset=DATASETS, split=SPLITS),
         table="results/table.csv",
     output:
         json="results/provenance.json",
@@ -83,7 +124,7 @@ rule record_provenance:
         "logs/record_provenance.log",
     params:
         config=config,
-        datasets=DATASETS,
+        datasets=[f"{dataset}/{split}" for dataset in DATASETS for split in SPLITS],
         repo_dir=workflow.basedir,
     threads: threads_for("record_provenance")
     resources:

@@ -1,10 +1,12 @@
-# Segmentation stage: Hover-Net trained on each labelled and augmented set,
-# applied to the whole test images, and scored (spec section 6).
+# Segmentation stage: each segmenter trained for each arm (nudiff.arms: labelled, the paper's
+# augmented union, and the controls a preset asks for), applied to the whole test images, and
+# scored (spec section 6). {trainset} is the arm.
 
 
 rule train_segmenter:
     input:
-        "results/{dataset}/{pct}pct/trainsets/{trainset}.csv",
+        samples=arm_samples,
+        validation="results/{dataset}/{pct}pct/trainsets/validation.csv",
     output:
         model="results/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}/model.pt",
         losses="results/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}/loss.csv",
@@ -37,7 +39,7 @@ rule train_segmenter:
 rule segment_test_images:
     input:
         model="results/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}/model.pt",
-        prepared="results/{dataset}/prepared",
+        prepared="results/{dataset}/prepared/test",
     output:
         directory("results/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}/predictions"),
     log:
@@ -59,7 +61,7 @@ rule segment_test_images:
 
 rule score_predictions:
     input:
-        prepared="results/{dataset}/prepared",
+        prepared="results/{dataset}/prepared/test",
         predictions="results/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}/predictions",
     output:
         "results/{dataset}/{pct}pct/segmentation/{model}/{trainset}/seed{seed}/scores.csv",

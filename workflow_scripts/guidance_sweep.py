@@ -10,7 +10,7 @@ guidance_sweep(
     snakemake.input.model,
     snakemake.input.pairs,
     snakemake.input.segmenter,
-    snakemake.input.reference,
+    snakemake.input.validation,
     scales=snakemake.params.scales,
     n=snakemake.params.n,
     sampling=sampling_settings(snakemake.params.sampling),

@@ -8,7 +8,7 @@ from nudiff.config import resolve_device
 segment_synthetic_pairs(
     snakemake.input.model,
     list(snakemake.input.pairs),
-    snakemake.input.reference,
+    snakemake.input.validation,
     out_csv=snakemake.output.summary,
     out_per_pair_csv=snakemake.output.per_pair,
     batch_size=snakemake.params.inference.get("batch_size", 8),

@@ -6,7 +6,7 @@ from nudiff.config import resolve_device
 from nudiff.segmentation.train import train_segmenter
 
 train_segmenter(
-    snakemake.input[0],
+    snakemake.input.samples,
     snakemake.output.model,
     model=snakemake.wildcards.model,
     network=snakemake.params.network,
@@ -16,4 +16,5 @@ train_segmenter(
     loss_csv=snakemake.output.losses,
     loss_png=snakemake.output.curve,
     validation_csv=snakemake.output.validation,
+    validation_samples=snakemake.input.validation,
 )

@@ -4,7 +4,7 @@ For each guidance scale w (eq. 6), images are sampled for the first ``n`` synthe
 labels (each conditioned on its label's own structure, the same noise for every w), and the
 Hover-Net trained on the labelled subset segments them. Mean Dice / AJI / PQ against the
 labels say how well images at that w show the nuclei their labels claim; the same segmenter
-on the real test images (true pairs) and the sampled images against other pairs' labels
+on the real validation patches (true pairs) and the sampled images against other pairs' labels
 (chance) frame the numbers. A grid shows the images of each w side by side.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nudiff.assessment.segmenter_agreement import CHANCE, REAL_TEST, SCORES, SYNTHETIC, judge_images
+from nudiff.assessment.segmenter_agreement import CHANCE, REAL, SCORES, SYNTHETIC, judge_images, judge_real_patches
 from nudiff.diffusion.quality import read_shards
 from nudiff.diffusion.selection import sample_conditioned_images
 from nudiff.diffusion.synthesis import SamplingSettings, chosen_weights
@@ -27,7 +27,6 @@ from nudiff.diffusion.training import load_diffusion_model
 from nudiff.errors import InputDataError
 from nudiff.figures import image_grid, render_structure
 from nudiff.io.atomic import atomic_path
-from nudiff.io.tables import read_table
 from nudiff.segmentation.train import load_segmenter
 from nudiff.structure import nuclei_structure
 
@@ -41,7 +40,7 @@ def guidance_sweep(
     model_path: PathLike,
     pair_shards: Sequence[PathLike],
     segmenter_path: PathLike,
-    reference_scores_csv: PathLike,
+    validation_samples: PathLike,
     *,
     scales: Sequence[float],
     n: int,
@@ -56,17 +55,18 @@ def guidance_sweep(
     """Rule ``guidance_sweep``: segmenter agreement of images sampled at each guidance scale.
 
     Returns (and writes) one row per scale and set (synthetic pairs, chance) plus one row of
-    the real test images, with ``n`` and the mean of each score.
+    the real validation patches (``validation_samples``, a sample table; never the test
+    images), with ``n`` and the mean of each score.
     """
     if not scales or any(not w >= 0 or not np.isfinite(w) for w in scales):
         raise ValueError(f"scales must be a non-empty list of numbers >= 0, got {list(scales)}")
     maps = read_shards(pair_shards, ("instances",), "pair_shards")["instances"][:n]
     if len(maps) < 2:
         raise InputDataError(f"the guidance sweep needs at least 2 synthetic pairs, the shards hold {len(maps)}")
-    reference = read_table(reference_scores_csv, required=SCORES, what="test scores", allow_empty=False)
     model, schedule, _ = load_diffusion_model(model_path, device=device, expect="image", **chosen_weights(selection))
     segmenter, meta = load_segmenter(segmenter_path, device)
-    rows = [{"guidance_scale": np.nan, "set": REAL_TEST, "n": len(reference), **_means(reference)}]
+    reference = judge_real_patches(segmenter, meta, validation_samples, watershed=watershed, device=device)
+    rows = [{"guidance_scale": np.nan, "set": REAL, "n": len(reference), **_means(reference)}]
     grid = [[render_structure(nuclei_structure(m)) for m in maps[:n_shown]]]
     names = ["label structure"]
     for w in scales:

@@ -6,8 +6,9 @@ the segmentation stage, which never saw a synthetic pair) to segment each synthe
 scores its instances against the pair's instance map with the test metrics (Dice, AJI, PQ of
 :func:`nudiff.metrics.compute_all`). Two levels frame the number:
 
-* the same segmenter on the real test images (its ``scores.csv``): what agreement looks like
-  when image and map truly belong together;
+* the same segmenter on the subset's real validation patches (held out of everything the
+  generator and the judge trained on; never the test images): what agreement looks like when
+  image and map truly belong together, on patches of the pairs' size;
 * each synthetic image against the map of another pair: agreement by chance.
 
 A good image model puts the synthetic pairs near the first level and far above the second.
@@ -28,8 +29,8 @@ import torch
 from nudiff.diffusion.quality import read_shards
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
-from nudiff.io.tables import read_table
 from nudiff.metrics import compute_all
+from nudiff.samples import SampleReader, read_sample_table
 from nudiff.segmentation.inference import predict_instances
 from nudiff.segmentation.train import load_segmenter
 
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | Path
 SCORES = ["dice", "aji", "pq"]
-REAL_TEST = "real test images"
+REAL = "real validation patches"
 SYNTHETIC = "synthetic pairs"
 CHANCE = "synthetic images, maps of other pairs"
 
@@ -85,10 +86,27 @@ def judge_images(
     return score_against_maps(predictions, list(maps))
 
 
+def judge_real_patches(
+    segmenter: torch.nn.Module,
+    meta: Mapping[str, Any],
+    validation_samples: PathLike,
+    *,
+    watershed: Mapping[str, Any] | None,
+    device: str,
+) -> pd.DataFrame:
+    """The judge on the real validation patches (a sample table), scored against their maps:
+    the real level the synthetic pairs are compared with."""
+    table = read_sample_table(validation_samples)
+    if table.empty:
+        raise InputDataError(f"{validation_samples}: no validation patch")
+    images, maps = SampleReader(table).load_all()
+    return judge_images(segmenter, meta, images, list(maps), watershed=watershed, device=device)
+
+
 def segment_synthetic_pairs(
     model_file: PathLike,
     pair_shards: Sequence[PathLike],
-    reference_scores_csv: PathLike,
+    validation_samples: PathLike,
     *,
     out_csv: PathLike,
     out_per_pair_csv: PathLike,
@@ -102,9 +120,9 @@ def segment_synthetic_pairs(
         model_file: a Hover-Net trained on the labelled subset
             (:func:`nudiff.segmentation.train.train_segmenter`).
         pair_shards: synthetic pairs shard files (``images``, ``instances``).
-        reference_scores_csv: the same model's per-test-image scores
-            (:func:`nudiff.evaluation.score_predictions`), the real reference level.
-        out_csv: one row per set (real test images, synthetic pairs, and with two pairs or
+        validation_samples: the subset's real validation patches (a sample table,
+            :mod:`nudiff.holdout`): the same model on them is the real reference level.
+        out_csv: one row per set (real validation patches, synthetic pairs, and with two pairs or
             more the chance level): ``n`` and the mean and median of each score.
         out_per_pair_csv: one row per synthetic pair (index in shard order) with its scores
             and nuclei counts.
@@ -118,10 +136,10 @@ def segment_synthetic_pairs(
     images, maps = shards["images"], shards["instances"]
     if len(images) == 0:
         raise InputDataError(f"pair_shards hold no synthetic pair: {list(map(str, pair_shards))}")
-    reference = read_table(reference_scores_csv, required=SCORES, what="test scores", allow_empty=False)
     model, meta = load_segmenter(model_file, device)
     watershed = dict(meta["training"].get("watershed", {}) if watershed is None else watershed)
     tile = int(meta["input_size"])
+    reference = judge_real_patches(model, meta, validation_samples, watershed=watershed, device=device)
 
     predictions, start = [], time.perf_counter()
     for i, rgb in enumerate(images, start=1):
@@ -133,7 +151,7 @@ def segment_synthetic_pairs(
                 "segmented %d/%d synthetic images (%.2f s each)", i, len(images), (time.perf_counter() - start) / i
             )
     per_pair = score_against_maps(predictions, maps)
-    rows = [_summary(REAL_TEST, reference), _summary(SYNTHETIC, per_pair)]
+    rows = [_summary(REAL, reference), _summary(SYNTHETIC, per_pair)]
     if len(images) > 1:
         # each image against the previous pair's map: how much agreement chance gives
         rows.append(_summary(CHANCE, score_against_maps(predictions, np.roll(maps, 1, axis=0))))

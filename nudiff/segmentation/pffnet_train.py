@@ -228,6 +228,7 @@ def train_pffnet(
     loss_csv: str | Path | None = None,
     loss_png: str | Path | None = None,
     validation_csv: str | Path | None = None,
+    validation_samples: str | Path | None = None,
 ) -> BestWeights:
     """Train PFF-Net on a sample table and save the best validated weights (see
     :func:`nudiff.segmentation.train.train_segmenter`, which calls this for ``model="pffnet"``)."""
@@ -235,7 +236,12 @@ def train_pffnet(
         net_cfg = PFFNetConfig.from_dict(network)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"network: {err}") from err
-    data = load_training_data(samples_csv, from_mapping(PFFNetTraining, training, "training"), "PFF-Net")
+    data = load_training_data(
+        samples_csv,
+        from_mapping(PFFNetTraining, training, "training"),
+        "PFF-Net",
+        validation_samples=validation_samples,
+    )
     cfg: PFFNetTraining = data.settings  # type: ignore[assignment]
 
     net = PFFNet(net_cfg, seed=cfg.seed)
@@ -270,6 +276,7 @@ def train_pffnet(
                 "network": net_cfg.to_dict(),
                 "training": cfg.fingerprint(),
                 "samples": file_sha256(samples_csv),
+                "validation": file_sha256(validation_samples) if validation_samples else None,
                 "backbone": file_sha256(weights) if weights != "none" else weights,
             },
             out_model=out_model,

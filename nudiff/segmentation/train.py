@@ -66,6 +66,7 @@ from nudiff.training.run import train_to_files
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "hovernet"
+PRETRAIN_SOURCES = ("synthetic", "real")
 LR_DECAY_FACTOR = 0.1  # HoVer-Net's StepLR gamma
 
 
@@ -92,6 +93,11 @@ class SegmenterRun:
             before the run's own schedule starts (0 = none). The steps after them are those of
             the run without pre-training (same real stream, same lr schedule, a fresh optimiser
             state), so the synthetic pairs act as an initialisation of the labelled run.
+        pretrain_source: what the pre-training steps draw: ``"synthetic"`` (the pairs) or
+            ``"real"`` (the real training patches, from a stream of their own): the control of
+            synthetic pre-training, with the same number of pre-training steps (still
+            ``synthetic_pretrain_epochs`` over the synthetic pairs' count), the same optimiser
+            reset and the same steps after it, so the two differ only in what phase 1 sees.
         batch_size: patches per step.
         grad_clip: gradient-norm clipping (none in either paper recipe).
         validate_every: steps between validations (the last step is always validated).
@@ -114,6 +120,7 @@ class SegmenterRun:
     mixing: str = "pooled"
     synthetic_per_batch: int | str = "auto"
     synthetic_pretrain_epochs: float = 0.0
+    pretrain_source: str = "synthetic"
     batch_size: int = 8
     grad_clip: float | None = None
     validate_every: int = 1000
@@ -141,6 +148,10 @@ class SegmenterRun:
         pretrain = self.synthetic_pretrain_epochs
         if isinstance(pretrain, bool) or not isinstance(pretrain, (int, float)) or pretrain < 0:
             raise ConfigError(f"training.synthetic_pretrain_epochs must be a number >= 0, got {pretrain!r}")
+        if self.pretrain_source not in PRETRAIN_SOURCES:
+            raise ConfigError(
+                f"training.pretrain_source must be one of {PRETRAIN_SOURCES}, got {self.pretrain_source!r}"
+            )
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
         workers = self.loader_workers
@@ -329,9 +340,11 @@ class StepBatches(Dataset):
             the real ones when paired).
         synthetic_rows, per_batch_synthetic: paired mixing's extra synthetic samples per step,
             from a stream of their own (none when ``per_batch_synthetic`` is 0).
-        pretrain_steps: the first steps draw all ``batch_size`` samples from ``synthetic_rows``
-            (synthetic pre-training); step ``pretrain_steps + k`` then draws the real samples of
-            step ``k`` of a run without pre-training.
+        pretrain_steps: the first steps draw all ``batch_size`` samples from ``pretrain_rows``
+            (pre-training); step ``pretrain_steps + k`` then draws the real samples of step ``k``
+            of a run without pre-training.
+        pretrain_rows: the rows pre-training draws from (default ``synthetic_rows``); the real
+            rows for the real-patch control, drawn from the pre-training stream, not the real one.
         augment, jitter: whether to augment, and :func:`augment_pair`'s keyword arguments.
         targets: what each augmented instance map becomes: ``"structures"`` (its nuclei structure,
             Hover-Net's targets) or ``"instances"`` (the map itself, for instance-level models).
@@ -354,6 +367,7 @@ class StepBatches(Dataset):
         synthetic_rows: np.ndarray | None = None,
         per_batch_synthetic: int = 0,
         pretrain_steps: int = 0,
+        pretrain_rows: np.ndarray | None = None,
         targets: str = "structures",
     ) -> None:
         if targets not in TARGET_KINDS:
@@ -361,8 +375,11 @@ class StepBatches(Dataset):
         self.targets = targets
         self.rgb, self.inst, self.rows = rgb, inst, np.asarray(rows)
         self.synthetic_rows = np.asarray([] if synthetic_rows is None else synthetic_rows, dtype=np.int64)
-        if (per_batch_synthetic or pretrain_steps) and not len(self.synthetic_rows):
-            raise ValueError("per_batch_synthetic and pretrain_steps need synthetic rows")
+        self.pretrain_rows = self.synthetic_rows if pretrain_rows is None else np.asarray(pretrain_rows)
+        if per_batch_synthetic and not len(self.synthetic_rows):
+            raise ValueError("per_batch_synthetic needs synthetic rows")
+        if pretrain_steps and not len(self.pretrain_rows):
+            raise ValueError("pretrain_steps needs rows to pre-train on")
         self.batch_size, self.per_batch_synthetic = batch_size, per_batch_synthetic
         self.pretrain_steps = pretrain_steps
         self.seed, self.augment, self.jitter = seed, augment, dict(jitter)
@@ -379,7 +396,7 @@ class StepBatches(Dataset):
         targets: list[np.ndarray] = []
         if step <= self.pretrain_steps:
             synthetic = torch.Generator().manual_seed(_step_seed(self.seed, step, SYNTHETIC_STREAM))
-            self._draw(self.synthetic_rows, self.batch_size, synthetic, images, targets)
+            self._draw(self.pretrain_rows, self.batch_size, synthetic, images, targets)
             return self._batch(step, images, targets)
         real = torch.Generator().manual_seed(_step_seed(self.seed, step - self.pretrain_steps, REAL_STREAM))
         self._draw(self.rows, self.batch_size, real, images, targets)
@@ -500,18 +517,38 @@ class TrainingData:
             synthetic_rows=self.synthetic_idx,
             per_batch_synthetic=self.per_batch_synthetic,
             pretrain_steps=self.pretrain_steps,
+            pretrain_rows=self.real_idx if cfg.pretrain_source == "real" else self.synthetic_idx,
             targets=targets,
         )
 
 
-def load_training_data(samples_csv: str | Path, settings: SegmenterRun, model_label: str) -> TrainingData:
-    """Read a sample table, hold out the validation images, resolve epochs and mixing, and log it.
+def load_training_data(
+    samples_csv: str | Path,
+    settings: SegmenterRun,
+    model_label: str,
+    *,
+    validation_samples: str | Path | None = None,
+) -> TrainingData:
+    """Read a sample table and its validation patches, resolve epochs and mixing, and log it.
+
+    Args:
+        validation_samples: a sample table of real validation patches (the subset's held-out
+            source images, :mod:`nudiff.holdout`); without one, ``settings.val_fraction`` of the
+            table's source images are held out here, drawn with the run's seed.
 
     Raises:
         InputDataError: nothing left to train on, or paired mixing without real samples.
     """
     table = read_sample_table(samples_csv)
-    train_rows, val_rows = split_validation(table, val_fraction=settings.val_fraction, seed=settings.seed)
+    if validation_samples is None:
+        train_rows, val_rows = split_validation(table, val_fraction=settings.val_fraction, seed=settings.seed)
+        val_table = table
+    else:
+        val_table = read_sample_table(validation_samples)
+        shared = sorted(set(table["sample_id"]) & set(val_table["sample_id"]))
+        if shared:
+            raise InputDataError(f"{samples_csv}: validation patches of {validation_samples} also train: {shared[:5]}")
+        train_rows, val_rows = np.arange(len(table)), np.arange(len(val_table))
     if len(train_rows) == 0:
         raise InputDataError(f"{samples_csv}: no training samples left after the validation split")
     reader = SampleReader(table)
@@ -527,13 +564,20 @@ def load_training_data(samples_csv: str | Path, settings: SegmenterRun, model_la
     if len(synthetic_idx) and settings.synthetic_pretrain_epochs > 0:
         pretrain_steps = math.ceil(settings.synthetic_pretrain_epochs * len(synthetic_idx) / settings.batch_size)
         settings = replace(settings, iterations=settings.iterations + pretrain_steps)
-    if len(synthetic_idx) and not per_batch_synthetic and not pretrain_steps and paired:
-        raise ConfigError(
-            f"training.synthetic_per_batch is 0 and synthetic_pretrain_epochs 0: the {len(synthetic_idx)} "
-            f"synthetic pairs of {samples_csv} would never be trained on"
+    from_real = settings.pretrain_source == "real"
+    if len(synthetic_idx) and not per_batch_synthetic and (not pretrain_steps or from_real) and paired:
+        if not from_real:
+            raise ConfigError(
+                f"training.synthetic_per_batch is 0 and synthetic_pretrain_epochs 0: the {len(synthetic_idx)} "
+                f"synthetic pairs of {samples_csv} would never be trained on"
+            )
+        logger.info(
+            "pretrain_source real: the %d synthetic pairs of %s only set the pre-training length; no step draws them",
+            len(synthetic_idx),
+            samples_csv,
         )
     if len(val_rows):
-        val_rgb, val_inst = reader.load_all(val_rows)
+        val_rgb, val_inst = SampleReader(val_table).load_all(val_rows)
     else:
         val_rgb, val_inst = rgb[:0], inst[:0]
     logger.info(
@@ -552,9 +596,10 @@ def load_training_data(samples_csv: str | Path, settings: SegmenterRun, model_la
     )
     if pretrain_steps:
         logger.info(
-            "the first %d steps train on the synthetic pairs alone (%s epochs over them), then %d steps "
-            "as the run without them",
+            "the first %d steps train on the %s alone (%s epochs over the synthetic pairs' count), then %d "
+            "steps as the run without them",
             pretrain_steps,
+            "real patches" if from_real else "synthetic pairs",
             settings.synthetic_pretrain_epochs,
             settings.iterations - pretrain_steps,
         )
@@ -686,6 +731,7 @@ def train_segmenter(
     loss_csv: str | Path | None = None,
     loss_png: str | Path | None = None,
     validation_csv: str | Path | None = None,
+    validation_samples: str | Path | None = None,
 ) -> BestWeights:
     """Rule ``train_segmenter``: train a segmenter on a sample table and save the best weights.
 
@@ -698,6 +744,8 @@ def train_segmenter(
         checkpoint_dir: periodic checkpoints (removed after success).
         loss_csv, validation_csv, loss_png: the loss log, the validation log
             (``step, dice, aji, score``) and a figure of both.
+        validation_samples: the real validation patches that choose the weights (a sample
+            table); without it, ``training.val_fraction`` of the source images are held out.
 
     Returns:
         The validation callback: ``best_step``, ``best_score``, ``table()``.
@@ -715,6 +763,7 @@ def train_segmenter(
             loss_csv=loss_csv,
             loss_png=loss_png,
             validation_csv=validation_csv,
+            validation_samples=validation_samples,
         )
     if model != MODEL_NAME:
         raise ConfigError(f"segmentation.models: unknown model {model!r} (hovernet, pffnet)")
@@ -722,7 +771,12 @@ def train_segmenter(
         net_cfg = HoVerNetConfig.from_dict(network)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"network: {err}") from err
-    data = load_training_data(samples_csv, from_mapping(SegmenterTraining, training, "training"), "Hover-Net")
+    data = load_training_data(
+        samples_csv,
+        from_mapping(SegmenterTraining, training, "training"),
+        "Hover-Net",
+        validation_samples=validation_samples,
+    )
     cfg: SegmenterTraining = data.settings  # type: ignore[assignment]
     try:
         net_cfg.output_size(data.size)
@@ -759,6 +813,7 @@ def train_segmenter(
             "network": net_cfg.to_dict(),
             "training": cfg.fingerprint(),
             "samples": file_sha256(samples_csv),
+            "validation": file_sha256(validation_samples) if validation_samples else None,
             "encoder": file_sha256(encoder) if encoder not in ("none", "imagenet") else encoder,
         },
         out_model=out_model,

@@ -1,9 +1,7 @@
-"""Validation during segmenter training: the held-out split and the keep-the-best callback.
+"""Validation during segmenter training: scoring held-out patches and the keep-the-best callback.
 
-The validation set comes from the training table only (the test images are never seen before
-the final evaluation). Real patches are cut with overlap (paper: 256 px, stride 128), so a
-random patch split would score the network on pixels it was trained on; the split therefore
-holds out whole source images. Synthetic samples have no source image and always train.
+The validation patches are the subset's held-out source images (:mod:`nudiff.holdout`), fixed
+before anything trains and shared by every arm and seed.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from nudiff.figures import plot_loss_curve, save_figure
+from nudiff.holdout import split_validation  # noqa: F401  (the fallback split of a run given no validation table)
 from nudiff.metrics import aji, dice
 from nudiff.segmentation.hovernet import HoVerNet
 from nudiff.segmentation.inference import predict_instances
@@ -26,78 +25,6 @@ from nudiff.segmentation.inference import predict_instances
 logger = logging.getLogger(__name__)
 
 VALIDATION_COLUMNS = ["step", "dice", "aji", "score"]
-
-
-def _overlaps(a: pd.Series, b: pd.DataFrame) -> np.ndarray:
-    """Which crops of ``b`` (columns y, x, size) share a pixel with crop ``a``."""
-    return (
-        (b["y"] < a["y"] + a["size"])
-        & (a["y"] < b["y"] + b["size"])
-        & (b["x"] < a["x"] + a["size"])
-        & (a["x"] < b["x"] + b["size"])
-    ).to_numpy()
-
-
-def split_validation(table: pd.DataFrame, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split a sample table into training and validation rows.
-
-    * two or more real source images (``image_file`` of the ``origin == "real"`` rows): hold out
-      ``round(val_fraction * n_sources)`` whole source images, at least 1 and at most
-      ``n_sources - 1``, drawn with ``seed``; all their patches validate, the rest train;
-    * one source image: hold out ``max(1, round(val_fraction * n_patches))`` of its patches, the
-      ones nearest (by top-left corner) to a patch drawn with ``seed``, so they form one compact
-      block; training patches that overlap any held-out patch are dropped (unused), so no pixel
-      is on both sides;
-    * ``val_fraction == 0`` or no real sample: no validation rows.
-
-    Synthetic rows always train.
-
-    Args:
-        table: a sample table (:mod:`nudiff.samples`: ``origin``, ``image_file``, ``y``, ``x``, ``size``).
-        val_fraction: share of source images (or of the single image's patches) held out, in [0, 1).
-        seed: seeds the draw.
-
-    Returns:
-        ``(train_rows, val_rows)``: sorted integer positions into ``table``.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    table = table.reset_index(drop=True)
-    real = table["origin"] == "real"
-    everything = np.arange(len(table))
-    if val_fraction == 0 or not real.any():
-        return everything, everything[:0]
-    rng = np.random.default_rng(seed)
-    sources = sorted(table.loc[real, "image_file"].unique())
-    if len(sources) >= 2:
-        n_val = min(max(1, round(val_fraction * len(sources))), len(sources) - 1)
-        held = set(rng.choice(sources, size=n_val, replace=False).tolist())
-        val = real & table["image_file"].isin(held)
-        logger.info(
-            "validation: %d of %d source images (%d patches): %s",
-            n_val,
-            len(sources),
-            int(val.sum()),
-            ", ".join(sorted(held)),
-        )
-        return everything[~val.to_numpy()], everything[val.to_numpy()]
-    patches = table[real]
-    n_val = max(1, round(val_fraction * len(patches)))
-    anchor = patches.iloc[int(rng.integers(len(patches)))]
-    distance = np.hypot(patches["y"] - anchor["y"], patches["x"] - anchor["x"]).to_numpy()
-    val_rows = patches.index.to_numpy()[np.argsort(distance, kind="stable")[:n_val]]
-    val_set = set(val_rows.tolist())
-    blocked = np.zeros(len(table), dtype=bool)
-    for row in val_rows:
-        blocked |= real.to_numpy() & _overlaps(table.loc[row], table)
-    train_rows = np.array([i for i in everything if i not in val_set and not blocked[i]], dtype=np.int64)
-    logger.info(
-        "validation: one source image; %d of its %d patches held out, %d overlapping ones dropped",
-        n_val,
-        len(patches),
-        int(blocked.sum()) - n_val,
-    )
-    return train_rows, np.sort(val_rows)
 
 
 def score_patches(
