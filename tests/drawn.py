@@ -35,3 +35,27 @@ def write_pairs(path, maps) -> str:
         images=np.stack([painted(m) for m in maps]),
     )
     return str(path)
+
+
+def write_real_samples(folder, maps) -> str:
+    """A sample table of real patches: each map and its painted image as a prepared image pair
+    (the format of a subset's validation.csv)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from nudiff.io.images import write_image, write_instance_map
+    from nudiff.samples import SAMPLE_COLUMNS, write_sample_table
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, inst in enumerate(maps):
+        write_image(folder / f"real{i}.png", painted(inst))
+        write_instance_map(folder / f"real{i}.tif", inst.astype(np.int32))
+        rows.append(
+            (f"real{i}", "real", str(folder / f"real{i}.png"), str(folder / f"real{i}.tif"), -1, 0, 0, inst.shape[0])
+        )
+    table = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    write_sample_table(table, folder / "validation.csv")
+    return str(folder / "validation.csv")

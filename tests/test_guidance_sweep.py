@@ -8,13 +8,13 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 import pytest
-from drawn import discs, painted, write_pairs
+from drawn import discs, painted, write_pairs, write_real_samples
 from skimage.measure import label
 from tiny_models import TRAINING_NET, train_tiny_segmenter
 
 import nudiff.assessment.guidance_sweep as sweep
 import nudiff.assessment.segmenter_agreement as agreement
-from nudiff.assessment.segmenter_agreement import CHANCE, REAL_TEST, SYNTHETIC
+from nudiff.assessment.segmenter_agreement import CHANCE, REAL, SYNTHETIC
 from nudiff.diffusion.synthesis import SamplingSettings
 from nudiff.diffusion.training import train_diffusion_model
 from nudiff.errors import InputDataError
@@ -48,9 +48,8 @@ def segmenter(tmp_path_factory, tiny_prepared):
 
 @pytest.fixture
 def reference_csv(tmp_path):
-    path = tmp_path / "scores.csv"
-    pd.DataFrame({"name": ["a", "b"], "dice": [0.8, 0.6], "aji": [0.5, 0.3], "pq": [0.4, 0.2]}).to_csv(path)
-    return path
+    """Two real validation patches (the judge's real level)."""
+    return write_real_samples(tmp_path / "validation", [MAPS[0], MAPS[1]])
 
 
 @pytest.fixture
@@ -75,7 +74,7 @@ def run(image_model, shards, segmenter, reference_csv, tmp_path, **kwargs):
 def test_each_scale_samples_with_its_guidance_and_is_judged_against_its_labels(
     image_model, shards, segmenter, reference_csv, tmp_path, monkeypatch
 ):
-    """Scales 0 and 2: one row of the real test images (the reference means), then synthetic
+    """Scales 0 and 2: one row of the real validation patches (the judge's means on them), then synthetic
     pairs and chance for each scale. Each scale's images are sampled for the 3 labels of both
     shards with that guidance (stream sweep_image, all else as given), so scales 0 and 2 give
     different images; those are judged against their labels, then against the labels rolled by
@@ -93,14 +92,23 @@ def test_each_scale_samples_with_its_guidance_and_is_judged_against_its_labels(
         judged.append((images, maps, scores))
         return scores
 
+    real_scores = pd.DataFrame({"dice": [0.8, 0.6], "aji": [0.5, 0.3], "pq": [0.4, 0.2]})
+    real_judged = []
+
+    def judge_real(segmenter, meta, validation_samples, **kwargs):
+        real_judged.append(validation_samples)
+        return real_scores
+
     monkeypatch.setattr(sweep, "sample_conditioned_images", recording_sample)
     monkeypatch.setattr(sweep, "judge_images", recording_judge)
+    monkeypatch.setattr(sweep, "judge_real_patches", judge_real)
     table = run(image_model, shards, segmenter, reference_csv, tmp_path)
 
     written = pd.read_csv(tmp_path / "sweep.csv")
     assert written.columns.tolist() == sweep.COLUMNS
     pd.testing.assert_frame_equal(written, table, check_dtype=False)
-    assert written["set"].tolist() == [REAL_TEST, SYNTHETIC, CHANCE, SYNTHETIC, CHANCE]
+    assert written["set"].tolist() == [REAL, SYNTHETIC, CHANCE, SYNTHETIC, CHANCE]
+    assert real_judged == [reference_csv]
     assert written["guidance_scale"].tolist()[1:] == [0, 0, 2, 2] and np.isnan(written["guidance_scale"][0])
     assert written["n"].tolist() == [2, 3, 3, 3, 3]
     real = written.iloc[0][["dice_mean", "aji_mean", "pq_mean"]].tolist()

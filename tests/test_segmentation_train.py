@@ -537,6 +537,45 @@ def test_synthetic_pretraining_comes_first_then_the_labelled_runs_steps(tmp_path
             assert torch.equal(steps[2 + step][key], real_steps[step][key])
 
 
+def test_real_pretraining_takes_the_synthetic_runs_steps_on_real_patches_then_the_same_steps(tmp_path, monkeypatch):
+    """The control of synthetic pre-training (pretrain_source real): the same 2 pre-training
+    steps (1 epoch over the 8 synthetic rows' count), each of 4 real samples and none
+    synthetic, from the pre-training stream (not a copy of the first real steps); then exactly
+    the 3 steps of the run on the real rows alone, like the synthetic pre-training's."""
+    samples = sample_table(tmp_path)
+    mixed, synthetic_images = with_synthetic(tmp_path, samples, 8)
+    real_calls, real_steps = recorded_run(tmp_path, monkeypatch, samples, "real", epochs=0.5, mixing="paired")
+    recipe = dict(epochs=0.5, mixing="paired", synthetic_per_batch=0, synthetic_pretrain_epochs=1)
+    calls, steps = recorded_run(tmp_path, monkeypatch, mixed, "control", pretrain_source="real", **recipe)
+    assert pd.read_csv(tmp_path / "control_loss.csv")["step"].tolist() == [1, 2, 3, 4, 5]
+    assert len(calls) == 8 + 12 and not any(c[0] in synthetic_images for c in calls)
+    assert [c[0] for c in calls[:4]] != [c[0] for c in real_calls[:4]]
+    for (a_in, a_rgb, a_inst), (b_in, b_rgb, b_inst) in zip(real_calls, calls[8:]):
+        assert a_in == b_in and np.array_equal(a_rgb, b_rgb) and np.array_equal(a_inst, b_inst)
+    for step in range(3):
+        for key in ("np", "hv"):
+            assert torch.equal(steps[2 + step][key], real_steps[step][key])
+
+
+def test_a_fixed_validation_table_replaces_the_seeded_split(tmp_path):
+    """Given validation_samples, every row of the training table trains and the validation
+    patches are those of the given table; a patch on both sides is refused."""
+    samples = sample_table(tmp_path)
+    table = read_sample_table(samples)
+    held = tmp_path / "held.csv"
+    write_sample_table(table.iloc[:3][SAMPLE_COLUMNS], held)
+    rest = tmp_path / "rest.csv"
+    write_sample_table(table.iloc[3:][SAMPLE_COLUMNS], rest)
+    data = train_module.load_training_data(
+        rest, train_module.SegmenterTraining(iterations=1, val_fraction=0.5), "t", validation_samples=held
+    )
+    assert len(data.rgb) == len(table) - 3 and len(data.val_rgb) == 3
+    with pytest.raises(InputDataError, match="also train"):
+        train_module.load_training_data(
+            samples, train_module.SegmenterTraining(iterations=1), "t", validation_samples=held
+        )
+
+
 def test_phase_schedule_after_synthetic_pretraining_is_the_schedule_without_it():
     """3 pre-training steps at the full lr with the encoder trained, a fresh Adam state after
     them, then the phases of test_phase_schedule_... shifted by 3."""

@@ -78,15 +78,25 @@ def test_every_rule_ran_and_wrote_its_outputs(tiny_run):
         assert (results / f"{pct}pct" / "synthetic" / "quality" / "samples.png").stat().st_size > 1000
     assert (results / "100pct" / "sampler_comparison" / "statistics.csv").is_file()
     metrics = pd.read_csv(results / "100pct" / "metrics.csv")
-    assert sorted(zip(metrics["model"], metrics["trainset"])) == [
-        ("hovernet", "augmented"),
-        ("hovernet", "labelled"),
-        ("pffnet", "augmented"),
-        ("pffnet", "labelled"),
-    ]
+    arms = ["augmented", "labelled", "pretrained", "pretrained-real", "shuffled"]
+    assert sorted(zip(metrics["model"], metrics["trainset"])) == [(m, a) for m in ("hovernet", "pffnet") for a in arms]
+    # each arm against its control, seed by seed
+    differences = pd.read_csv(results / "100pct" / "arm_differences.csv")
+    assert set(zip(differences["arm"], differences["control"])) == {
+        ("augmented", "labelled"),
+        ("pretrained", "pretrained-real"),
+        ("pretrained-real", "labelled"),
+        ("shuffled", "augmented"),
+        ("pretrained", "labelled"),
+    }
+    assert (results / "100pct" / "arms.png").stat().st_size > 1000
+    # the validation images are held out of the generator's training set and of every arm's
+    validation = set(pd.read_csv(results / "50pct" / "trainsets" / "validation.csv")["sample_id"])
+    for name in ("labelled_train", "augmented", "shuffled"):
+        assert not validation & set(pd.read_csv(results / "50pct" / "trainsets" / f"{name}.csv")["sample_id"])
     assert {"dice", "aji", "aji_plus", "dq", "sq", "pq", "n_images"} <= set(metrics.columns)
     table = pd.read_csv(tiny_run / "results" / "table.csv")
-    assert len(table) == 8  # 2 subsets x (labelled, augmented) x (Hover-Net, PFF-Net)
+    assert len(table) == 20  # 2 subsets x 5 arms x (Hover-Net, PFF-Net)
     assert "PFF-Net" in (tiny_run / "results" / "table.md").read_text()
     assert "tiny" in (tiny_run / "results" / "table.md").read_text()
     # every rule wrote a non-empty log
@@ -108,7 +118,9 @@ def test_changing_one_model_reruns_it_and_its_dependents_only(tiny_run, tmp_path
     change.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(tiny_run[0], config=change)
     assert jobs["train_image_model_guided"] == 2  # both subsets' guided image models
-    assert jobs["train_segmenter"] == 4  # only the augmented sets depend on them (2 models)
+    # only the arms that train on the pairs' sets depend on them: 2 subsets x 2 models x 4 arms
+    # (pretrained-real too: the pairs' count sets its pre-training length)
+    assert jobs["train_segmenter"] == 16
     for untouched in (
         "train_structure_model",
         "train_image_model_conditional",
