@@ -154,12 +154,12 @@ def resources_for(rule_name):
 # The jobs on the way to the synthetic pairs (diffusion training, weight choice, sampling) go
 # before other ready jobs: the augmented segmenters wait for them, while the labelled ones and
 # the reports can fill the other cores. Without it, a 2-core run of config/monuseg-cpu.yaml
-# trained all labelled Hover-Nets before starting the image model (README).
+# trained all labelled Hover-Nets before starting the image model (docs/records/2026-12-01-monuseg-cpu-10pct-do-pairs-help).
 PAIRS_PRIORITY = 10
 # Segmenter training, the longest jobs after them, goes before the short ones (test-image
 # inference, guidance sweep, sampler comparison, reports), which then fill the other cores
 # instead of leaving one training to run alone at the end: the 2-core demo's last augmented
-# PFF-Net ran 66 s by itself while the short jobs went first (README).
+# PFF-Net ran 66 s by itself while the short jobs went first (docs/records/2026-12-03-demo-fresh-clone-44752c8).
 SEGMENTER_PRIORITY = 5
 
 

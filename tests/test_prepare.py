@@ -89,7 +89,7 @@ def test_monuseg_three_layouts_detected(tmp_path):
     assert items[0].label_path == root.absolute() / "train" / "Annotations" / "r1.xml"
     assert items[1].image_path == root.absolute() / "test" / "t1.tif"
 
-    # images/ + labels/ instance maps, as /work/shared/data/monuseg/train is stored
+    # images/ + labels/ instance maps, as a MoNuSeg train folder may be stored
     shutil.rmtree(root / "train")
     _copy(CROP_IMAGE, root / "train" / "images" / "r1.tif")
     _copy(CROP_LABEL, root / "train" / "labels" / "r1.tif")

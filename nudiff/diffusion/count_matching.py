@@ -2,7 +2,7 @@
 
 A structure model trained briefly on a few patches draws too many nuclei: the demo's drew
 11 per patch where its labelled patches hold 6.4, and the labelled Hover-Net agrees with
-crowded pairs far less than with sparse ones (README, the demo's pairs). With
+crowded pairs far less than with sparse ones (docs/records/2026-12-03-demo-structure-oversampling-3485553). With
 ``diffusion.structure_oversample`` = k > 1, each sampling shard draws k times the structures
 it needs and keeps, for evenly spaced quantiles of the real counts, the candidate whose count
 is nearest: the kept structures' counts follow the real distribution as closely as the
@@ -11,7 +11,7 @@ candidates allow. k = 1 keeps every structure (the paper's sampling).
 Judge it by the segmenter, not by the pairs' agreement with their labels: on the demo k = 2
 raised that agreement but the 10% augmented Hover-Net gained less (6 seeds: +0.055 against
 +0.140 AJI over labelled), its pairs being as sparse as the 10% subset's patches. So it is
-off in every preset (README, the demo).
+off in every preset (docs/records/2026-12-03-demo-structure-oversampling-3485553).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Sizes: "demo" is the network of ``config/config.yaml`` (its batch of 64 px patch
   change on a shared machine hits both alike; medians and their ratio. Building the targets
   (``instance_targets``) is done once, outside the timing. The FLOPs of one forward +
   backward (``FlopCounterMode``: convolutions and matrix products; the RoI sampling draws
-  from torch's RNG, so the count is of one draw) feed the GPU cost estimate in the README.
+  from torch's RNG, so the count is of one draw) feed the GPU cost estimate in docs/cluster.md.
 * infer: one 1000 x 1000 MoNuSeg test image through ``predict_pffnet_instances`` (one pass, as
   PFF-Net's ``tcga_infer.py``): network seconds, post-processing seconds (ranking, pasting,
   overlap removal), detections kept. The paper network is untrained here, so its detection

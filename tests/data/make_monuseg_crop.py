@@ -1,6 +1,6 @@
 """Recreate the MoNuSeg crop fixtures in this folder (run once by hand).
 
-    python tests/data/make_monuseg_crop.py /work/shared/data/monuseg
+    python tests/data/make_monuseg_crop.py <MoNuSeg folder>
 
 Cuts a 64x64 crop of one training image and its label, keeping the source
 formats (LZW RGB TIFF, zlib uint16 TIFF), and writes an Aperio-style XML whose
