@@ -145,6 +145,21 @@ def test_missing_label_names_expected_path(tmp_path):
         list_source_items("folder", root)
 
 
+def test_a_label_without_its_image_is_named_and_nothing_is_prepared(tmp_path):
+    """A folder dataset with train/labels/image03.tif and no train/images/image03.*: the label is
+    named, not dropped (the dataset would be prepared with one training image fewer)."""
+    root = _folder_dataset(tmp_path)
+    _tif(root / "train" / "labels" / "image03.tif", _label())
+    with pytest.raises(InputDataError, match=r"labels/image03\.tif: label file without an image"):
+        list_source_items("folder", root)
+    # the same for MoNuSeg's side-by-side layout: an XML without its TIFF
+    _copy(CROP_IMAGE, tmp_path / "m" / "test" / "a.tif")
+    _copy(CROP_XML, tmp_path / "m" / "test" / "a.xml")
+    _copy(CROP_XML, tmp_path / "m" / "test" / "b.xml")
+    with pytest.raises(InputDataError, match=r"b\.xml: label file without an image"):
+        list_source_items("monuseg", tmp_path / "m", splits=["test"])
+
+
 def test_empty_or_missing_split_folder(tmp_path):
     root = _folder_dataset(tmp_path, names=(("train", "a"),))
     (root / "test").mkdir()

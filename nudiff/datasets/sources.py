@@ -143,6 +143,14 @@ def _split_items(split_dir: Path, split: Split, layout: _Layout) -> list[SourceI
     duplicated = sorted({s for s in stems if stems.count(s) > 1})
     if duplicated:
         raise InputDataError(f"{image_dir}: several images share the name(s) {duplicated}")
+    # a label without its image would otherwise be dropped without a word
+    labels = _files_with_suffix(split_dir / layout.label_dir, layout.label_suffixes)
+    unpaired = [str(label) for label in labels if label.stem not in set(stems)]
+    if unpaired:
+        raise InputDataError(
+            f"{unpaired[0]}: label file without an image of the same name in {image_dir}"
+            + (f" (and {len(unpaired) - 1} more)" if len(unpaired) > 1 else "")
+        )
     return [
         SourceItem(
             name=image.stem,
