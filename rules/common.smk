@@ -256,15 +256,16 @@ def subset_scores(wildcards):
     )
 
 
-# "<model>/<arm>/<seed>" of every run of a subset, in the order of arm_validation_logs
-RUN_NAMES = [f"{model}/{arm}/{seed}" for model in MODELS for arm in TRAINSETS for seed in SEEDS]
+# every run of a subset, (model, arm, seed); compare_arms names them "<model>/<arm>/<seed>"
+RUNS = [(model, arm, seed) for model in MODELS for arm in TRAINSETS for seed in SEEDS]
+RUN_NAMES = ["{}/{}/{}".format(*run) for run in RUNS]
 
 
 def arm_validation_logs(wildcards):
     """Every run's validation log of a subset, in the order of RUN_NAMES."""
     return [
-        f"results/{wildcards.dataset}/{wildcards.pct}pct/segmentation/{name.rsplit('/', 1)[0]}/seed{name.rsplit('/', 1)[1]}/validation.csv"
-        for name in RUN_NAMES
+        f"results/{wildcards.dataset}/{wildcards.pct}pct/segmentation/{model}/{arm}/seed{seed}/validation.csv"
+        for model, arm, seed in RUNS
     ]
 
 
