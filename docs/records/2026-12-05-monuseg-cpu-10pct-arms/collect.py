@@ -57,6 +57,10 @@ def collect(workdir: Path, name: str) -> None:
     for extra in ("results/provenance.json", "results/table.md"):
         if (workdir / extra).is_file():
             shutil.copy(workdir / extra, out / Path(extra).name)
+    # no machine paths in the record: the block's folder becomes <block>
+    for path in (out / "hold_out_validation.log", out / "provenance.json"):
+        if path.is_file():
+            path.write_text(path.read_text().replace(f"{workdir.resolve()}/", "<block>/"))
     jobs = read_job_times(workdir / "benchmarks")
     jobs.to_csv(out / "job_times.csv", index=False)
     (out / "job_times.md").write_text(markdown(jobs))
