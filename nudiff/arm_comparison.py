@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nudiff.arms import ARMS
 from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.io.tables import read_table
@@ -179,7 +180,8 @@ def plot_arms(metrics: pd.DataFrame, differences: pd.DataFrame, out_png: str | o
     from nudiff.figures import save_figure
 
     models = list(dict.fromkeys(metrics["model"]))
-    arms = list(dict.fromkeys(metrics["trainset"]))
+    present = set(metrics["trainset"])
+    arms = [arm for arm in ARMS if arm in present]  # each control next to its arm
     fig, axes = plt.subplots(
         len(models) * len(COMPARED), 2, squeeze=False, figsize=(11, 2.8 * len(models) * len(COMPARED) + 0.6)
     )
