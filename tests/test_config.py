@@ -138,15 +138,23 @@ OVERLAYS = sorted(p.name for p in (Path(__file__).parents[1] / "config" / "overl
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_overlay_merged_onto_its_preset_passes_the_schema(overlay):
-    """config/overlays/<preset>-<what>.yaml adds to config/<preset>.yaml on the command line."""
+    """config/overlays/<preset>-<what>.yaml adds to config/<preset>.yaml on the command line
+    (demo-<what>.yaml to the demo, config/config.yaml); the merged config passes the schema and
+    the checks the workflow makes of it."""
     from snakemake.utils import update_config, validate
 
+    from nudiff.arms import check_arms
+    from nudiff.config import check_config
+
     root = Path(__file__).parents[1] / "config"
-    base = max((p for p in PRESETS if overlay.startswith(p.removesuffix(".yaml") + "-")), key=len)
+    names = {p.removesuffix(".yaml"): p for p in PRESETS} | {"demo": "config.yaml"}
+    base = names[max((n for n in names if overlay.startswith(n + "-")), key=len)]
     # what Snakemake does with a later --configfile: mappings merged recursively, the rest replaced
     config = yaml.safe_load((root / base).read_text())
     update_config(config, yaml.safe_load((root / "overlays" / overlay).read_text()))
     validate(config, str(root / "schema.yaml"))
+    check_config(config)
+    check_arms(config["segmentation"])
     assert config != yaml.safe_load((root / base).read_text())
 
 
