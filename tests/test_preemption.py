@@ -111,7 +111,7 @@ def test_sigterm_checkpoints_and_the_rerun_resumes_to_the_uninterrupted_weights(
         )
     )
     interrupted, uninterrupted = tmp_path / "interrupted", tmp_path / "uninterrupted"
-    run(command(interrupted, config, "results/tiny/100pct/trainsets/labelled.csv"))  # its inputs, once
+    run(command(interrupted, config, "results/tiny/100pct/trainsets/labelled_train.csv"))  # its inputs, once
     shutil.copytree(interrupted, uninterrupted, symlinks=True)
 
     # The reference trains meanwhile (each job uses one thread).

@@ -347,7 +347,7 @@ def test_a_requeued_training_job_resumes_from_its_checkpoint(tmp_path):
     configs = [str(TINY), str(config)]
     requeued, straight = tmp_path / "requeued", tmp_path / "uninterrupted"
     # its inputs, locally: only the training goes through Slurm
-    labelled = "results/tiny/100pct/trainsets/labelled.csv"
+    labelled = "results/tiny/100pct/trainsets/labelled_train.csv"  # the structure model's input
     run([*SNAKEMAKE, labelled, "--directory", str(requeued), "--configfile", *configs, "--cores", "2"], requeued)
     shutil.copytree(requeued, straight, symlinks=True)
     reference = start(
