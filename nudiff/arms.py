@@ -103,9 +103,9 @@ def arm_training(arm: str, segmentation: Mapping[str, Any], model: str) -> dict[
 
 def comparisons(arms: list[str], segmentation: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(arm, control)`` for every arm of ``arms`` that has a control among them, in arm order;
-    plus ``(augmented | pretrained, labelled)`` so every pairs arm is also set against labelled."""
+    plus ``(pretrained, labelled)``: the whole gain of the pre-training recipe, which its
+    control (pretrained-real) splits into the schedule's part and the pairs' part."""
     out = [(arm, control_of(arm, segmentation)) for arm in arms if control_of(arm, segmentation) in arms]
-    for arm in ("pretrained",):
-        if arm in arms and (arm, "labelled") not in out:
-            out.append((arm, "labelled"))
-    return [(arm, control) for arm, control in out if control is not None]
+    if "pretrained" in arms:
+        out.append(("pretrained", "labelled"))
+    return out
