@@ -20,12 +20,12 @@ from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig
 from nudiff.diffusion.unet import UNetConfig
 from nudiff.features import extract_features
 from nudiff.patches import extract_patches
-from nudiff.segmentation.hovernet_config import HoVerNetConfig
-from nudiff.segmentation.pffnet_config import PFFNetConfig
-from nudiff.segmentation.pffnet_inference import predict_pffnet_instances
-from nudiff.segmentation.pffnet_train import PFFNetTraining
-from nudiff.segmentation.segment_images import hovernet_predictor
-from nudiff.segmentation.train import SegmenterTraining
+from nudiff.segmentation.hovernet.config import HoVerNetConfig
+from nudiff.segmentation.hovernet.inference import hovernet_predictor
+from nudiff.segmentation.hovernet.train import HoVerNetTraining
+from nudiff.segmentation.pffnet.config import PFFNetConfig
+from nudiff.segmentation.pffnet.inference import predict_pffnet_instances
+from nudiff.segmentation.pffnet.train import PFFNetTraining
 from nudiff.structure import instances_from_structure
 from nudiff.subsets import cluster_patches
 
@@ -39,7 +39,7 @@ PROPS = SCHEMA["properties"]
 CONSUMERS = {
     "$defs.unet": (UNetConfig, set()),
     "$defs.hovernet_network": (HoVerNetConfig, set()),
-    "$defs.segmenter_training": (SegmenterTraining, set()),
+    "$defs.segmenter_training": (HoVerNetTraining, set()),
     "$defs.pffnet_network": (PFFNetConfig, set()),
     "$defs.pffnet_training": (PFFNetTraining, set()),
     "$defs.diffusion_training": (DiffusionTraining, set()),

@@ -16,7 +16,7 @@ from nudiff.datasets.sources import list_source_items
 from nudiff.errors import InputDataError
 from nudiff.evaluation import METRICS, score_predictions, summarize_metrics
 from nudiff.io.images import read_instance_map, write_instance_map
-from nudiff.segmentation import segment_images
+from nudiff.segmentation.hovernet import inference as hovernet_inference
 from nudiff.segmentation.segment_images import segment_test_images
 
 torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def test_a_failure_midway_leaves_no_prediction_folder(prepared, model_file, tmp_
             raise RuntimeError("boom")
         return np.zeros(structure.shape[:2], np.int32)
 
-    monkeypatch.setattr(segment_images, "instances_from_structure", failing)
+    monkeypatch.setattr(hovernet_inference, "instances_from_structure", failing)
     with pytest.raises(RuntimeError, match="boom"):
         segment_test_images(model_file, prepared, tmp_path / "pred")
     assert list(tmp_path.iterdir()) == []

@@ -12,7 +12,7 @@ import torchvision
 from torch.nn import functional as F
 
 from nudiff.errors import InputDataError
-from nudiff.segmentation import (
+from nudiff.segmentation.hovernet import (
     HoVerNet,
     HoVerNetConfig,
     center_crop,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nudiff.segmentation import HoVerNet, HoVerNetConfig
-from nudiff.segmentation.inference import (
+from nudiff.segmentation.hovernet import HoVerNet, HoVerNetConfig
+from nudiff.segmentation.hovernet.inference import (
     predict_instances,
     predict_structure,
     tile_geometry,

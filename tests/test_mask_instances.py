@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nudiff.segmentation.mask_instances import (
+from nudiff.segmentation.pffnet.mask_instances import (
     detection_order,
     instances_from_detections,
     paste_mask,

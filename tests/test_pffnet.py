@@ -11,11 +11,11 @@ import torch
 import torchvision
 
 from nudiff.errors import ConfigError
-from nudiff.segmentation import pffnet as pffnet_module
-from nudiff.segmentation.pffnet import PFFNet, mask_quality_targets
-from nudiff.segmentation.pffnet_config import PFFNetConfig
-from nudiff.segmentation.pffnet_heads import box_mask_ratios, mask_quality_loss
-from nudiff.segmentation.pffnet_semantic import (
+from nudiff.segmentation.pffnet import network as pffnet_module
+from nudiff.segmentation.pffnet.config import PFFNetConfig
+from nudiff.segmentation.pffnet.heads import box_mask_ratios, mask_quality_loss
+from nudiff.segmentation.pffnet.network import PFFNet, mask_quality_targets
+from nudiff.segmentation.pffnet.semantic import (
     IGNORE_INDEX,
     ResidualAttentionFusion,
     semantic_consistency_loss,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nudiff.errors import ConfigError
-from nudiff.segmentation.pffnet_train import (
+from nudiff.segmentation.pffnet.train import (
     PFFNetTraining,
     WarmupStepSchedule,
     instance_targets,
@@ -128,9 +128,9 @@ from interrupt import sigterm_on_call  # noqa: E402
 from test_pffnet import TINY  # noqa: E402
 from test_segmentation_train import disc_image, sample_table, with_synthetic  # noqa: E402
 
-from nudiff.segmentation import pffnet_train  # noqa: E402
-from nudiff.segmentation.pffnet_inference import predict_pffnet_instances  # noqa: E402
-from nudiff.segmentation.train import load_any_segmenter, train_segmenter  # noqa: E402
+from nudiff.segmentation.pffnet import train as pffnet_train  # noqa: E402
+from nudiff.segmentation.pffnet.inference import predict_pffnet_instances  # noqa: E402
+from nudiff.segmentation.registry import load_segmenter, train_segmenter  # noqa: E402
 from nudiff.training.checkpoint import CheckpointStore, load_state  # noqa: E402
 from nudiff.training.loop import TrainingInterrupted  # noqa: E402
 
@@ -174,7 +174,7 @@ def test_pffnet_training_writes_its_outputs_and_the_model_loads(tmp_path):
     log = pd.read_csv(tmp_path / "m_val.csv")
     assert log["step"].tolist() == [4, 8] and np.isfinite(log["score"]).all()
     assert (tmp_path / "m.png").stat().st_size > 0 and not (tmp_path / "ckpt_m").exists()
-    model, meta = load_any_segmenter(tmp_path / "m.pt")
+    model, meta = load_segmenter(tmp_path / "m.pt")
     assert meta["model"] == "pffnet" and meta["best_step"] == result.best_step and not model.training
     rgb = disc_image(7, 48)[0]
     a = predict_pffnet_instances(model, rgb, score_threshold=0.05)

@@ -21,21 +21,19 @@ from interrupt import sigterm_on_call
 from scipy import ndimage
 
 from nudiff.errors import ConfigError, InputDataError
+from nudiff.holdout import split_validation
 from nudiff.imaging import dihedral
 from nudiff.io.images import write_image, write_instance_map
 from nudiff.samples import SAMPLE_COLUMNS, read_sample_table, synthetic_samples, write_sample_table
-from nudiff.segmentation import HoVerNet, HoVerNetConfig
-from nudiff.segmentation import train as train_module
+from nudiff.segmentation import batches as batches_module
 from nudiff.segmentation.augment import augment_pair, blur_or_noise, colour_jitter, random_affine
-from nudiff.segmentation.train import (
-    BatchStream,
-    PhaseSchedule,
-    SegmenterTraining,
-    StepBatches,
-    load_segmenter,
-    train_segmenter,
-)
-from nudiff.segmentation.validation import BestWeights, split_validation
+from nudiff.segmentation.batches import BatchStream, StepBatches
+from nudiff.segmentation.hovernet import HoVerNet, HoVerNetConfig
+from nudiff.segmentation.hovernet import train as train_module
+from nudiff.segmentation.hovernet.train import HoVerNetTraining, PhaseSchedule, load_hovernet
+from nudiff.segmentation.registry import load_segmenter, train_segmenter
+from nudiff.segmentation.training_data import load_training_data
+from nudiff.segmentation.validation import BestWeights
 from nudiff.training.checkpoint import CheckpointStore, load_state, save_state
 from nudiff.training.loop import TrainingInterrupted
 
@@ -321,7 +319,7 @@ def test_one_source_image_drops_training_patches_that_overlap_validation():
 def test_phase_schedule_freezes_the_encoder_then_resets_adam_and_steps_the_lr():
     model = HoVerNet(TINY, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
-    cfg = SegmenterTraining(iterations=10, lr=1.0, lr_decay_at=0.5, freeze_encoder_fraction=0.4)
+    cfg = HoVerNetTraining(iterations=10, lr=1.0, lr_decay_at=0.5, freeze_encoder_fraction=0.4)
     schedule = PhaseSchedule(model, optimizer, cfg)
     # phase 1 = steps 1-4 (decay after 2 of them), phase 2 = steps 5-10 (decay after 3)
     assert [schedule.lr_at(s) for s in range(1, 11)] == [1, 1, 0.1, 0.1, 1, 1, 1, 0.1, 0.1, 0.1]
@@ -360,7 +358,7 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
     assert np.allclose(log["score"], (log["dice"] + log["aji"]) / 2)
     assert (tmp_path / "m.png").stat().st_size > 0
     assert not (tmp_path / "ckpt_m").exists()
-    model, meta = load_segmenter(tmp_path / "m.pt")
+    model, meta = load_hovernet(tmp_path / "m.pt")
     assert meta["input_size"] == 32 and meta["best_step"] == result.best_step and not model.training
     assert meta["best_score"] == pytest.approx(log["score"].max())
 
@@ -430,7 +428,7 @@ def recorded_run(tmp_path, monkeypatch, samples, name, **changes):
     """Train, recording every augment_pair call (input image, output pair) and, per step, the
     targets the loss gets."""
     calls, steps = [], []
-    augment, loss = train_module.augment_pair, train_module.hovernet_loss
+    augment, loss = batches_module.augment_pair, train_module.hovernet_loss
 
     def recording_augment(rgb, inst, generator, **kwargs):
         out = augment(rgb, inst, generator, **kwargs)
@@ -441,10 +439,10 @@ def recorded_run(tmp_path, monkeypatch, samples, name, **changes):
         steps.append({k: v.detach().clone() for k, v in targets.items()})
         return loss(outputs, targets, **kwargs)
 
-    monkeypatch.setattr(train_module, "augment_pair", recording_augment)
+    monkeypatch.setattr(batches_module, "augment_pair", recording_augment)
     monkeypatch.setattr(train_module, "hovernet_loss", recording_loss)
     run(tmp_path, samples, name, validate_every=100, **changes)
-    monkeypatch.setattr(train_module, "augment_pair", augment)
+    monkeypatch.setattr(batches_module, "augment_pair", augment)
     monkeypatch.setattr(train_module, "hovernet_loss", loss)
     return calls, steps
 
@@ -566,14 +564,10 @@ def test_a_fixed_validation_table_replaces_the_seeded_split(tmp_path):
     write_sample_table(table.iloc[:3][SAMPLE_COLUMNS], held)
     rest = tmp_path / "rest.csv"
     write_sample_table(table.iloc[3:][SAMPLE_COLUMNS], rest)
-    data = train_module.load_training_data(
-        rest, train_module.SegmenterTraining(iterations=1, val_fraction=0.5), "t", validation_samples=held
-    )
+    data = load_training_data(rest, HoVerNetTraining(iterations=1, val_fraction=0.5), "t", validation_samples=held)
     assert len(data.rgb) == len(table) - 3 and len(data.val_rgb) == 3
     with pytest.raises(InputDataError, match="also train"):
-        train_module.load_training_data(
-            samples, train_module.SegmenterTraining(iterations=1), "t", validation_samples=held
-        )
+        load_training_data(samples, HoVerNetTraining(iterations=1), "t", validation_samples=held)
 
 
 def test_phase_schedule_after_synthetic_pretraining_is_the_schedule_without_it():
@@ -581,7 +575,7 @@ def test_phase_schedule_after_synthetic_pretraining_is_the_schedule_without_it()
     them, then the phases of test_phase_schedule_... shifted by 3."""
     model = HoVerNet(TINY, generator=torch.Generator().manual_seed(0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1.0)
-    cfg = SegmenterTraining(iterations=13, lr=1.0, lr_decay_at=0.5, freeze_encoder_fraction=0.4)
+    cfg = HoVerNetTraining(iterations=13, lr=1.0, lr_decay_at=0.5, freeze_encoder_fraction=0.4)
     schedule = PhaseSchedule(model, optimizer, cfg, pretrain_steps=3)
     assert [schedule.lr_at(s) for s in range(1, 14)] == [1, 1, 1] + [1, 1, 0.1, 0.1, 1, 1, 1, 0.1, 0.1, 0.1]
     schedule.before_step()
@@ -603,10 +597,10 @@ def test_synthetic_settings_are_checked(tmp_path):
     pairs is refused, naming the table."""
     for bad in (-1, 1.5, True, "all"):
         with pytest.raises(ConfigError, match="synthetic_per_batch"):
-            SegmenterTraining(synthetic_per_batch=bad)
+            HoVerNetTraining(synthetic_per_batch=bad)
     for bad in (-1, True, "1"):
         with pytest.raises(ConfigError, match="synthetic_pretrain_epochs"):
-            SegmenterTraining(synthetic_pretrain_epochs=bad)
+            HoVerNetTraining(synthetic_pretrain_epochs=bad)
     samples = sample_table(tmp_path)
     mixed, _ = with_synthetic(tmp_path, samples, 4)
     with pytest.raises(ConfigError, match="never be trained on"):
@@ -617,11 +611,11 @@ def test_mixing_and_epochs_are_checked(tmp_path):
     """Bad mixing or epochs name their key; epochs give ceil(epochs * n / batch_size) steps;
     paired mixing needs real samples."""
     with pytest.raises(ConfigError, match="training.mixing"):
-        SegmenterTraining(mixing="interleaved")
+        HoVerNetTraining(mixing="interleaved")
     with pytest.raises(ConfigError, match="training.epochs"):
-        SegmenterTraining(epochs=0)
-    assert SegmenterTraining(epochs=2.5, batch_size=4).with_epochs(18).iterations == 12  # ceil(11.25)
-    assert SegmenterTraining(iterations=7).with_epochs(18).iterations == 7  # no epochs: unchanged
+        HoVerNetTraining(epochs=0)
+    assert HoVerNetTraining(epochs=2.5, batch_size=4).with_epochs(18).iterations == 12  # ceil(11.25)
+    assert HoVerNetTraining(iterations=7).with_epochs(18).iterations == 7  # no epochs: unchanged
     # paired mixing without any real sample to pair with is refused
     synthetic_only = tmp_path / "synthetic.csv"
     shard = tmp_path / "s.npz"
@@ -648,7 +642,10 @@ def test_bad_settings_and_files_are_named(tmp_path):
         )
     save_state(tmp_path / "other.pt", {"model": "pffnet"})
     with pytest.raises(InputDataError, match="other.pt"):
-        load_segmenter(tmp_path / "other.pt")
+        load_hovernet(tmp_path / "other.pt")
+    save_state(tmp_path / "unknown.pt", {"model": "unet"})
+    with pytest.raises(InputDataError, match="unknown.pt"):
+        load_segmenter(tmp_path / "unknown.pt")
 
 
 # ---------------------------------------------------------------- batches by step and loader workers
@@ -712,7 +709,7 @@ def test_real_samples_of_a_step_do_not_depend_on_the_synthetic_extras():
 
 EXIT_WITH_AN_OPEN_STREAM = """
 import numpy as np
-from nudiff.segmentation.train import BatchStream, StepBatches
+from nudiff.segmentation.batches import BatchStream, StepBatches
 
 rng = np.random.default_rng(0)
 rgb, inst = rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8), rng.integers(0, 3, (4, 32, 32))
@@ -821,25 +818,25 @@ def test_a_stop_signal_to_every_process_of_the_job_still_checkpoints(tmp_path, m
 def test_loader_workers_setting():
     """'auto' is the job's threads - 1 on CUDA (0 with one thread) and 0 on the CPU; a number is
     taken as it is; anything else names the key. The schema's defaults are the dataclass's."""
-    assert SegmenterTraining().loader_workers == "auto"
-    assert SegmenterTraining().workers("cpu") == 0
-    assert SegmenterTraining(loader_workers=3).workers("cpu") == 3
+    assert HoVerNetTraining().loader_workers == "auto"
+    assert HoVerNetTraining().workers("cpu") == 0
+    assert HoVerNetTraining(loader_workers=3).workers("cpu") == 3
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(4)
-        assert SegmenterTraining().workers("cuda") == 3
+        assert HoVerNetTraining().workers("cuda") == 3
         torch.set_num_threads(1)
-        assert SegmenterTraining().workers("cuda:0") == 0
+        assert HoVerNetTraining().workers("cuda:0") == 0
     finally:
         torch.set_num_threads(previous)
     for bad in (-1, "many", True, 1.5):
         with pytest.raises(ConfigError, match="training.loader_workers"):
-            SegmenterTraining(loader_workers=bad)
-    assert "loader_workers" not in SegmenterTraining(loader_workers=2).fingerprint()
-    assert SegmenterTraining(loader_workers=2).fingerprint() == SegmenterTraining().fingerprint()
+            HoVerNetTraining(loader_workers=bad)
+    assert "loader_workers" not in HoVerNetTraining(loader_workers=2).fingerprint()
+    assert HoVerNetTraining(loader_workers=2).fingerprint() == HoVerNetTraining().fingerprint()
     schema = yaml.safe_load((Path(__file__).parents[1] / "config" / "schema.yaml").read_text())
     properties = schema["$defs"]["segmenter_training"]["properties"]
-    defaults = asdict(SegmenterTraining())
+    defaults = asdict(HoVerNetTraining())
     for name, spec in properties.items():
         expected = defaults[name]
         if isinstance(expected, float):  # the schema rounds 26/255 and 8/180

@@ -11,13 +11,14 @@ import torch
 from scipy import ndimage
 from tiny_models import TRAINING_NET
 
+import nudiff.diffusion.colour_transfer as colour_transfer
 import nudiff.diffusion.synthesis as synthesis
+from nudiff.diffusion.augmented_set import build_augmented_set
 from nudiff.diffusion.count_matching import match_counts
 from nudiff.diffusion.quality import colour_statistics
 from nudiff.diffusion.synthesis import (
     CleanupSettings,
     SamplingSettings,
-    build_augmented_set,
     sample_images,
     sample_structures,
     shard_indices,
@@ -168,14 +169,14 @@ def test_colour_transfer_gives_each_image_the_colours_of_a_real_patch(models, tm
     plain, moved = tmp_path / "plain.npz", tmp_path / "moved.npz"
     sample_images(models / "image.pt", structures, plain, sampling=SAMPLING)
     sample_images(models / "image.pt", structures, moved, sampling=SAMPLING, colour_reference=tiny_labelled_csv)
-    reference = synthesis.real_colours(tiny_labelled_csv)
+    reference = colour_transfer.real_colours(tiny_labelled_csv)
     with np.load(plain) as p, np.load(moved) as m:
         assert "sampled_images" not in p.files and np.array_equal(m["sampled_images"], p["images"])
         for key in ("sample_index", "instances", "structures"):
             assert np.array_equal(m[key], p[key])
         rows = m["colour_reference"]
         assert rows.shape == (len(m["images"]),) and rows.min() >= 0 and rows.max() < len(reference)
-        k = max(1, round(synthesis.COLOUR_NEIGHBOURS * len(reference)))
+        k = max(1, round(colour_transfer.COLOUR_NEIGHBOURS * len(reference)))
         for inst, r in zip(m["instances"], rows):
             gaps = np.abs(reference["foreground_fraction"] - (inst > 0).mean())
             assert gaps[r] <= np.sort(gaps)[k - 1]  # among the k nearest
@@ -196,10 +197,10 @@ def test_colour_donors_are_near_in_nuclear_fraction_and_seeded():
     the sample index, and repeat for the same (seed, index)."""
     reference = pd.DataFrame({"foreground_fraction": np.linspace(0.0, 0.95, 20)})
     fractions, indices = np.full(50, 0.51), np.arange(50)
-    rows = synthesis.colour_donors(fractions, indices, reference, seed=3)
+    rows = colour_transfer.colour_donors(fractions, indices, reference, seed=3)
     assert set(rows) == {10, 11}  # fractions 0.5 and 0.55, the two nearest to 0.51
-    assert np.array_equal(rows, synthesis.colour_donors(fractions, indices, reference, seed=3))
-    assert not np.array_equal(rows, synthesis.colour_donors(fractions, indices, reference, seed=4))
+    assert np.array_equal(rows, colour_transfer.colour_donors(fractions, indices, reference, seed=3))
+    assert not np.array_equal(rows, colour_transfer.colour_donors(fractions, indices, reference, seed=4))
 
 
 def test_transfer_colour_moves_the_lab_moments():

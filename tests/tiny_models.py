@@ -36,8 +36,8 @@ def train_tiny_segmenter(prepared_dir, out_dir, iterations=2, lr=1e-4):
     from nudiff.datasets.prepare import read_manifest
     from nudiff.patches import build_patch_index
     from nudiff.samples import real_samples, write_sample_table
-    from nudiff.segmentation import HoVerNetConfig
-    from nudiff.segmentation.train import train_segmenter
+    from nudiff.segmentation.hovernet import HoVerNetConfig
+    from nudiff.segmentation.registry import train_segmenter
 
     manifest = read_manifest(prepared_dir / "manifest.csv")
     write_sample_table(real_samples(build_patch_index(manifest, size=32, stride=32), manifest), out_dir / "s.csv")

@@ -3,7 +3,7 @@ from nudiff.runtime import start_job
 start_job(snakemake.log[0], threads=snakemake.threads, uses_torch=True)
 
 from nudiff.config import resolve_device
-from nudiff.segmentation.train import train_segmenter
+from nudiff.segmentation.registry import train_segmenter
 
 train_segmenter(
     snakemake.input.samples,

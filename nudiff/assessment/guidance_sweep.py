@@ -27,7 +27,7 @@ from nudiff.diffusion.training import load_diffusion_model
 from nudiff.errors import InputDataError
 from nudiff.figures import image_grid, render_structure
 from nudiff.io.atomic import atomic_path
-from nudiff.segmentation.train import load_segmenter
+from nudiff.segmentation.hovernet.train import load_hovernet
 from nudiff.structure import nuclei_structure
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def guidance_sweep(
     if len(maps) < 2:
         raise InputDataError(f"the guidance sweep needs at least 2 synthetic pairs, the shards hold {len(maps)}")
     model, schedule, _ = load_diffusion_model(model_path, device=device, expect="image", **chosen_weights(selection))
-    segmenter, meta = load_segmenter(segmenter_path, device)
+    segmenter, meta = load_hovernet(segmenter_path, device)
     reference = judge_real_patches(segmenter, meta, validation_samples, watershed=watershed, device=device)
     rows = [{"guidance_scale": np.nan, "set": REAL, "n": len(reference), **_means(reference)}]
     grid = [[render_structure(nuclei_structure(m)) for m in maps[:n_shown]]]

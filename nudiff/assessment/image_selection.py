@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from nudiff.assessment.segmenter_agreement import judge_images
+from nudiff.diffusion.colour_transfer import real_colours
 from nudiff.diffusion.quality import colour_distance, colour_statistics
 from nudiff.diffusion.selection import (
     Candidate,
@@ -36,9 +37,9 @@ from nudiff.diffusion.selection import (
     sample_conditioned_images,
     weight_candidates,
 )
-from nudiff.diffusion.synthesis import SamplingSettings, real_colours
+from nudiff.diffusion.synthesis import SamplingSettings
 from nudiff.diffusion.training import load_diffusion_model
-from nudiff.segmentation.train import load_segmenter
+from nudiff.segmentation.hovernet.train import load_hovernet
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def select_image_weights(
     """
     maps = conditioning_maps(labelled_csv, n)
     real_colour = real_colours(labelled_csv)
-    segmenter, meta = load_segmenter(segmenter_path, device)
+    segmenter, meta = load_hovernet(segmenter_path, device)
     rows = []
     for candidate in weight_candidates(model_path):
         t0 = time.monotonic()

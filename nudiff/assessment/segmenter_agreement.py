@@ -31,8 +31,8 @@ from nudiff.errors import InputDataError
 from nudiff.io.atomic import atomic_path
 from nudiff.metrics import compute_all
 from nudiff.samples import SampleReader, read_sample_table
-from nudiff.segmentation.inference import predict_instances
-from nudiff.segmentation.train import load_segmenter
+from nudiff.segmentation.hovernet.inference import predict_instances
+from nudiff.segmentation.hovernet.train import load_hovernet
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def segment_synthetic_pairs(
 
     Args:
         model_file: a Hover-Net trained on the labelled subset
-            (:func:`nudiff.segmentation.train.train_segmenter`).
+            (:func:`nudiff.segmentation.registry.train_segmenter`).
         pair_shards: synthetic pairs shard files (``images``, ``instances``).
         validation_samples: the subset's real validation patches (a sample table,
             :mod:`nudiff.holdout`): the same model on them is the real reference level.
@@ -136,7 +136,7 @@ def segment_synthetic_pairs(
     images, maps = shards["images"], shards["instances"]
     if len(images) == 0:
         raise InputDataError(f"pair_shards hold no synthetic pair: {list(map(str, pair_shards))}")
-    model, meta = load_segmenter(model_file, device)
+    model, meta = load_hovernet(model_file, device)
     watershed = dict(meta["training"].get("watershed", {}) if watershed is None else watershed)
     tile = int(meta["input_size"])
     reference = judge_real_patches(model, meta, validation_samples, watershed=watershed, device=device)

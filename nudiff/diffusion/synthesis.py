@@ -41,25 +41,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
+from nudiff.diffusion.colour_transfer import COLOUR_STREAM, real_colours, transfer_colours
 from nudiff.diffusion.count_matching import match_counts
 from nudiff.diffusion.guidance import guided_eps
-from nudiff.diffusion.quality_measures import colour_statistics
 from nudiff.diffusion.samplers import SamplerName, sample
 from nudiff.diffusion.training import load_diffusion_model
 from nudiff.errors import InputDataError
-from nudiff.imaging import image_from_model_range, transfer_colour
+from nudiff.imaging import image_from_model_range
 from nudiff.io.atomic import atomic_path
 from nudiff.io.digest import file_sha256
 from nudiff.runtime import resolve_cpu_bf16
 from nudiff.samples import (
-    SAMPLE_COLUMNS,
-    read_sample_table,
     real_pairs,
-    synthetic_samples,
-    write_sample_table,
 )
 from nudiff.structure import (
     clean_instances,
@@ -73,7 +68,14 @@ logger = logging.getLogger(__name__)
 
 # Independent noise streams: the synthetic pairs, and the extra samples that choose weights
 # and sweep guidance (so those never reuse a pair's noise).
-STREAMS = {"structure": 0, "image": 1, "select_structure": 2, "select_image": 3, "sweep_image": 4, "colour": 5}
+STREAMS = {
+    "structure": 0,
+    "image": 1,
+    "select_structure": 2,
+    "select_image": 3,
+    "sweep_image": 4,
+    "colour": COLOUR_STREAM,
+}
 
 
 @dataclass(frozen=True)
@@ -417,50 +419,6 @@ def sample_structures(
     return len(indices) - degenerate
 
 
-# Colour transfer draws its real patch among this share of them nearest in nuclear area
-# fraction: a patch's colour spread depends on how much of it is nucleus, so the colours of a
-# stroma-only patch would leave a crowded label's nuclei faint.
-COLOUR_NEIGHBOURS = 0.1
-
-
-def real_colours(labelled_csv: str | Path) -> pd.DataFrame:
-    """:func:`colour_statistics` of every real patch of a sample table and its label's
-    ``foreground_fraction``, one row per patch in table order."""
-    images, maps = real_pairs(labelled_csv)
-    colours = colour_statistics(images)
-    colours["foreground_fraction"] = [float((inst > 0).mean()) for inst in maps]
-    return colours
-
-
-def colour_donors(fractions: np.ndarray, indices: np.ndarray, reference: pd.DataFrame, seed: int) -> np.ndarray:
-    """For each synthetic label (its nuclear area fraction), the row of ``reference`` whose colours
-    it takes: drawn uniformly, by the sample's own generator (stream ``colour``), among the
-    :data:`COLOUR_NEIGHBOURS` share of real patches nearest in foreground fraction."""
-    real = reference["foreground_fraction"].to_numpy()
-    k = max(1, int(round(COLOUR_NEIGHBOURS * len(real))))
-    rows = []
-    for fraction, index in zip(fractions, indices):
-        nearest = np.argsort(np.abs(real - fraction), kind="stable")[:k]
-        rows.append(nearest[np.random.default_rng([seed, STREAMS["colour"], int(index)]).integers(k)])
-    return np.array(rows, np.int64)
-
-
-def transfer_colours(
-    images: np.ndarray, instances: np.ndarray, indices: np.ndarray, reference: pd.DataFrame, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each image takes the CIELAB mean and std (:func:`transfer_colour`) of one real patch of
-    ``reference`` (a :func:`real_colours` table) chosen by :func:`colour_donors` from its label
-    ``instances``: the synthetic set gets the stain variety of the real one. Returns the images
-    and the row drawn for each."""
-    rows = colour_donors((instances > 0).mean(axis=(1, 2)), indices, reference, seed)
-    means = reference[["L_mean", "a_mean", "b_mean"]].to_numpy()
-    stds = reference[["L_std", "a_std", "b_std"]].to_numpy()
-    out = (
-        np.stack([transfer_colour(image, means[r], stds[r]) for image, r in zip(images, rows)]) if len(rows) else images
-    )
-    return out, rows
-
-
 def sample_images(
     model_path: str | Path,
     structures_npz: str | Path,
@@ -532,20 +490,3 @@ def sample_images(
 
 def _concat(parts: dict[str, list[np.ndarray]], key: str, empty_shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.concatenate(parts[key]).astype(dtype) if parts.get(key) else np.zeros(empty_shape, dtype)
-
-
-def build_augmented_set(labelled_csv: str | Path, pair_shards: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
-    """Rule ``build_augmented_set``: the labelled subset plus every synthetic pair.
-
-    The table refers to the shard files in place; no pixels are copied.
-    """
-    labelled = read_sample_table(labelled_csv)
-    parts = [labelled]
-    for k, path in enumerate(pair_shards):
-        with np.load(path) as shard:
-            n, size = len(shard["sample_index"]), shard["images"].shape[1]
-        parts.append(synthetic_samples(Path(path).resolve(), n, size, prefix=f"synthetic_shard{k}"))
-    table = pd.concat(parts, ignore_index=True)[SAMPLE_COLUMNS]
-    write_sample_table(table, out_csv)
-    logger.info("augmented set: %d real + %d synthetic samples", len(labelled), len(table) - len(labelled))
-    return table

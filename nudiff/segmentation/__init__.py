@@ -1,39 +1,18 @@
-"""Nuclei segmentation networks trained on real and augmented subsets (spec section 6).
+"""Nuclei segmenters trained on real and augmented subsets (spec section 6).
 
-Hover-Net (Graham et al. 2019): :class:`HoVerNet` built from a :class:`HoVerNetConfig` (the
-paper's network by default, smaller variants through the same config), its encoder weights
-(:func:`load_encoder_weights`) and its losses (:func:`hovernet_loss`).
+One package per network, the machinery they share beside them, and one registry:
+
+* :mod:`~nudiff.segmentation.hovernet`: Hover-Net (Graham et al. 2019): network, config,
+  losses, encoder weights, tiled inference, training.
+* :mod:`~nudiff.segmentation.pffnet`: PFF-Net (Liu et al. 2021): network and its heads,
+  config, detections to instances, inference, training.
+* shared: :mod:`~nudiff.segmentation.run_settings` (what every run's settings hold),
+  :mod:`~nudiff.segmentation.training_data` (the patches of a run, mixing resolved),
+  :mod:`~nudiff.segmentation.batches` (batches by step, the loader stream),
+  :mod:`~nudiff.segmentation.augment`, :mod:`~nudiff.segmentation.validation` (the best
+  weights), :mod:`~nudiff.segmentation.fit` (the run that checkpoints and resumes).
+* :mod:`~nudiff.segmentation.registry`: model name -> train / load / predictor, used by the
+  rules' functions (``train_segmenter``, :mod:`~nudiff.segmentation.segment_images`).
+
+Importing this package loads nothing: import the module you need.
 """
-
-from nudiff.segmentation.encoder_weights import (
-    load_encoder_weights,
-    state_dict_from_torchvision_resnet,
-)
-from nudiff.segmentation.hovernet import HoVerNet, PreActResNetEncoder
-from nudiff.segmentation.hovernet_config import HoVerNetConfig
-from nudiff.segmentation.losses import (
-    center_crop,
-    crop_targets,
-    hovernet_loss,
-    hv_gradients,
-    msge_loss,
-    sobel_kernels,
-    soft_dice_loss,
-    structure_to_targets,
-)
-
-__all__ = [
-    "HoVerNet",
-    "HoVerNetConfig",
-    "PreActResNetEncoder",
-    "center_crop",
-    "crop_targets",
-    "hovernet_loss",
-    "hv_gradients",
-    "load_encoder_weights",
-    "msge_loss",
-    "sobel_kernels",
-    "soft_dice_loss",
-    "state_dict_from_torchvision_resnet",
-    "structure_to_targets",
-]

@@ -1,81 +1,26 @@
 """Rule ``segment_test_images``: a trained segmenter applied to every test image of a dataset.
 
-Hover-Net runs by overlapping tiles and the marker-controlled watershed; PFF-Net in one pass
-over the whole image. The instance maps are scored by :mod:`nudiff.evaluation`, which stays
-free of torch.
+Each model segments an image its own way (its registry entry's ``predictor``: Hover-Net by
+overlapping tiles and the marker-controlled watershed, PFF-Net in one pass over the whole
+image). The instance maps are scored by :mod:`nudiff.evaluation`, which stays free of torch.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from nudiff.evaluation import read_test_images
 from nudiff.io.atomic import atomic_path
 from nudiff.io.images import read_image, write_instance_map
-from nudiff.segmentation.hovernet import HoVerNet
-from nudiff.segmentation.inference import predict_structure
-from nudiff.segmentation.train import load_any_segmenter
-from nudiff.structure import instances_from_structure
+from nudiff.segmentation.registry import load_segmenter, segmenter_of
 
 logger = logging.getLogger(__name__)
-
-
-Predictor = Callable[[np.ndarray], tuple[np.ndarray, float, float]]  # rgb -> (inst, inference s, post s)
-
-
-def hovernet_predictor(
-    model: HoVerNet,
-    meta: Mapping[str, Any],
-    *,
-    tile: int | None = None,
-    margin: int | None = None,
-    batch_size: int = 8,
-    watershed: Mapping[str, Any] | None = None,
-    device: str | torch.device = "cpu",
-) -> Predictor:
-    """Hover-Net on whole images by overlapping tiles, then the marker-controlled watershed.
-
-    Args:
-        tile: inference tile side (default: the model's training patch size); margin: see
-            :func:`nudiff.segmentation.inference.predict_structure`; batch_size: tiles per pass.
-        watershed: ``instances_from_structure`` arguments; default those the model was validated with.
-    """
-    tile = int(meta["input_size"]) if tile is None else tile
-    watershed = dict(meta["training"].get("watershed", {}) if watershed is None else watershed)
-    logger.info("Hover-Net on tiles of %d px", tile)
-
-    def predict(rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
-        tic = time.perf_counter()
-        structure = predict_structure(model, rgb, tile=tile, margin=margin, batch_size=batch_size, device=device)
-        toc = time.perf_counter()
-        inst = instances_from_structure(structure, **watershed)
-        return inst, toc - tic, time.perf_counter() - toc
-
-    return predict
-
-
-def pffnet_predictor(
-    model: nn.Module, meta: Mapping[str, Any], *, device: str | torch.device = "cpu", **inference
-) -> Predictor:
-    """PFF-Net on the whole image in one pass, then its ranking, pasting and overlap removal
-    (:func:`nudiff.segmentation.pffnet_inference.predict_pffnet_instances` arguments)."""
-    from nudiff.segmentation.pffnet_inference import predict_pffnet_instances
-
-    def predict(rgb: np.ndarray) -> tuple[np.ndarray, float, float]:
-        timing: dict[str, float] = {}
-        inst = predict_pffnet_instances(model, rgb, device=device, timing=timing, **inference)
-        return inst, timing["network_s"], timing["postprocess_s"]
-
-    return predict
 
 
 def segment_test_images(
@@ -92,20 +37,17 @@ def segment_test_images(
     The folder is written whole or not at all (:func:`nudiff.io.atomic.atomic_path`).
 
     Args:
-        model_file: from :func:`nudiff.segmentation.train.train_segmenter` (Hover-Net or PFF-Net).
+        model_file: from :func:`nudiff.segmentation.registry.train_segmenter` (any registered model).
         prepared_dir: a prepared dataset (its ``manifest.csv``); every ``split == "test"`` image.
         watershed: Hover-Net's ``instances_from_structure`` arguments (ignored for PFF-Net).
-        inference: the model's inference settings (:func:`hovernet_predictor`'s ``tile``,
-            ``margin``, ``batch_size``; or PFF-Net's, see :func:`pffnet_predictor`).
+        inference: the model's inference settings (its registry entry's ``predictor``: Hover-Net's
+            ``tile``, ``margin``, ``batch_size``; PFF-Net's ``predict_pffnet_instances`` arguments).
 
     Returns:
         One row per image: ``name, height, width, n_pred, inference_s, postprocess_s``.
     """
-    model, meta = load_any_segmenter(model_file, device)
-    if meta["model"] == "pffnet":
-        predict = pffnet_predictor(model, meta, device=device, **inference)
-    else:
-        predict = hovernet_predictor(model, meta, watershed=watershed, device=device, **inference)
+    model, meta = load_segmenter(model_file, device)
+    predict = segmenter_of(meta["model"]).predictor(model, meta, watershed=watershed, device=device, **inference)
     test = read_test_images(prepared_dir)
     rows = []
     with atomic_path(out_dir, directory=True) as tmp:

@@ -1,7 +1,9 @@
-"""Validation during segmenter training: scoring held-out patches and the keep-the-best callback.
+"""Validation during segmenter training: the keep-the-best callback and the training figure.
 
 The validation patches are the subset's held-out source images (:mod:`nudiff.holdout`), fixed
-before anything trains and shared by every arm and seed.
+before anything trains and shared by every arm and seed; each network scores them its own way
+(:func:`nudiff.segmentation.hovernet.train.score_patches`,
+:func:`nudiff.segmentation.pffnet.train.score_pffnet_patches`).
 """
 
 from __future__ import annotations
@@ -11,47 +13,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from nudiff.figures import plot_loss_curve, save_figure
-from nudiff.holdout import split_validation  # noqa: F401  (the fallback split of a run given no validation table)
-from nudiff.metrics import aji, dice
-from nudiff.segmentation.hovernet import HoVerNet
-from nudiff.segmentation.inference import predict_instances
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_COLUMNS = ["step", "dice", "aji", "score"]
-
-
-def score_patches(
-    model: HoVerNet,
-    rgb: np.ndarray,
-    inst: np.ndarray,
-    *,
-    watershed: Mapping[str, Any],
-    device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Mean Dice, mean AJI and their mean ``score`` of the model's instances on labelled patches.
-
-    Each ``(S, S)`` patch is predicted as one input (same padding: no margin; valid padding:
-    HoVer-Net's mirror-padded tiles) and post-processed by ``instances_from_structure(**watershed)``.
-
-    Args:
-        rgb: ``(N, S, S, 3)`` uint8 patches; inst: ``(N, S, S)`` true instance maps.
-    """
-    size = rgb.shape[1]
-    margin = 0 if model.config.same_padding else None
-    dices, ajis = [], []
-    for image, truth in zip(rgb, inst):
-        pred = predict_instances(model, image, tile=size, margin=margin, watershed=watershed, device=device)
-        dices.append(dice(truth, pred))
-        ajis.append(aji(truth, pred))
-    d, a = float(np.mean(dices)), float(np.mean(ajis))
-    return {"dice": d, "aji": a, "score": (d + a) / 2.0}
 
 
 def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -123,10 +93,12 @@ class BestWeights:
         return pd.DataFrame(self.log, columns=VALIDATION_COLUMNS)
 
 
-def plot_training(history: pd.DataFrame, validation: pd.DataFrame, path: str | Path, *, best_step: int | None) -> None:
+def plot_training(
+    history: pd.DataFrame, validation: pd.DataFrame, path: str | Path, *, best_step: int | None, model_label: str
+) -> None:
     """Loss per step (left) and validation Dice / AJI / score (right), the kept step marked."""
     if validation.empty:
-        plot_loss_curve(history, path, title="Hover-Net: loss")
+        plot_loss_curve(history, path, title=f"{model_label}: loss")
         return
     import matplotlib.pyplot as plt  # nudiff.figures has set the Agg backend
 
@@ -134,7 +106,7 @@ def plot_training(history: pd.DataFrame, validation: pd.DataFrame, path: str | P
     window = max(1, len(history) // 100)
     left.plot(history["step"], history["loss"], lw=0.5, alpha=0.35, color="tab:blue")
     left.plot(history["step"], history["loss"].rolling(window, min_periods=1).mean(), color="tab:blue")
-    left.set(yscale="log", xlabel="step", ylabel="loss", title="Hover-Net: loss")
+    left.set(yscale="log", xlabel="step", ylabel="loss", title=f"{model_label}: loss")
     for column in ("dice", "aji", "score"):
         right.plot(validation["step"], validation[column], marker=".", label=column)
     if best_step is not None:

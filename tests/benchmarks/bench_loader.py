@@ -60,9 +60,10 @@ def children_cpu() -> float:
 
 
 def loader_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from nudiff.segmentation.train import BatchStream, SegmenterTraining, StepBatches
+    from nudiff.segmentation.batches import BatchStream, StepBatches
+    from nudiff.segmentation.hovernet.train import HoVerNetTraining
 
-    cfg = SegmenterTraining()
+    cfg = HoVerNetTraining()
     jitter = {k: getattr(cfg, k) for k in ("brightness", "contrast", "saturation", "hue", "affine", "blur_noise")}
     rgb, inst = benchkit.real_patches(spec["size"], images=spec["images"])
     batches = StepBatches(

@@ -37,10 +37,10 @@ import torch
 from benchkit import median
 
 from nudiff.io.images import read_image
-from nudiff.segmentation.pffnet import PFFNet
-from nudiff.segmentation.pffnet_config import PFFNetConfig
-from nudiff.segmentation.pffnet_inference import predict_pffnet_instances
-from nudiff.segmentation.pffnet_train import PFFNetTraining, instance_targets, sgd_with_bias_groups
+from nudiff.segmentation.pffnet.config import PFFNetConfig
+from nudiff.segmentation.pffnet.inference import predict_pffnet_instances
+from nudiff.segmentation.pffnet.network import PFFNet
+from nudiff.segmentation.pffnet.train import PFFNetTraining, instance_targets, sgd_with_bias_groups
 
 
 def settings(kind: str) -> dict[str, Any]:

@@ -64,8 +64,8 @@ def settings(kind: str) -> dict[str, Any]:
 
 
 def tiles_per_image(network: dict[str, Any], tile: int, margin: int | None, side: int = IMAGE_SIDE) -> int:
-    from nudiff.segmentation import HoVerNet, HoVerNetConfig
-    from nudiff.segmentation.inference import tile_geometry
+    from nudiff.segmentation.hovernet import HoVerNet, HoVerNetConfig
+    from nudiff.segmentation.hovernet.inference import tile_geometry
 
     with torch.device("meta"):
         model = HoVerNet(HoVerNetConfig.from_dict(network))
@@ -77,13 +77,13 @@ def tiles_per_image(network: dict[str, Any], tile: int, margin: int | None, side
 
 
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from nudiff.segmentation import (
+    from nudiff.segmentation.augment import augment_pair
+    from nudiff.segmentation.hovernet import (
         HoVerNet,
         HoVerNetConfig,
         hovernet_loss,
         structure_to_targets,
     )
-    from nudiff.segmentation.augment import augment_pair
     from nudiff.structure import nuclei_structure
 
     model = HoVerNet(HoVerNetConfig.from_dict(spec["network"]), generator=torch.Generator().manual_seed(0))
@@ -128,8 +128,8 @@ def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
 def infer_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from nudiff.io.images import read_image
     from nudiff.io.monuseg import read_monuseg_xml
-    from nudiff.segmentation import HoVerNet, HoVerNetConfig
-    from nudiff.segmentation.inference import predict_structure, tile_geometry
+    from nudiff.segmentation.hovernet import HoVerNet, HoVerNetConfig
+    from nudiff.segmentation.hovernet.inference import predict_structure, tile_geometry
     from nudiff.structure import instances_from_structure, nuclei_structure
 
     model = HoVerNet(HoVerNetConfig.from_dict(spec["network"]), generator=torch.Generator().manual_seed(0)).eval()
@@ -170,7 +170,7 @@ def worker_main(spec: dict[str, Any]) -> None:
 
 
 def flops_entry(kind: str) -> dict[str, Any]:
-    from nudiff.segmentation import HoVerNet, HoVerNetConfig
+    from nudiff.segmentation.hovernet import HoVerNet, HoVerNetConfig
 
     s = settings(kind)
     config = HoVerNetConfig.from_dict(s["network"])

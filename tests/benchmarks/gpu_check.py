@@ -247,8 +247,8 @@ def train_row(
 def bench_train(config: dict[str, Any], device: Device, budget: Budget) -> list[dict[str, Any]]:
     from nudiff.diffusion import UNet, UNetConfig, count_parameters, l_simple
     from nudiff.diffusion.training import DiffusionTraining, ScheduleConfig, TrainingExamples
-    from nudiff.segmentation import HoVerNet, HoVerNetConfig, hovernet_loss, structure_to_targets
-    from nudiff.segmentation.train import SegmenterTraining
+    from nudiff.segmentation.hovernet import HoVerNet, HoVerNetConfig, hovernet_loss, structure_to_targets
+    from nudiff.segmentation.hovernet.train import HoVerNetTraining
     from nudiff.structure import nuclei_structure
 
     size = int(config["patches"]["size"])
@@ -304,7 +304,7 @@ def bench_train(config: dict[str, Any], device: Device, budget: Budget) -> list[
         rows[-1]["gradient_checkpointing"] = cfg.gradient_checkpointing
         del model, optimizer, batches, step
 
-    seg = SegmenterTraining(**hovernet["training"])  # phase 2 of HoVer-Net (the encoder trains too)
+    seg = HoVerNetTraining(**hovernet["training"])  # phase 2 of HoVer-Net (the encoder trains too)
     net = HoVerNetConfig.from_dict(hovernet["network"])
     rgb, inst = demo_patches(size, seg.batch_size * n_batches)
     batches = []
@@ -423,8 +423,8 @@ def bench_sample(config: dict[str, Any], device: Device, budget: Budget) -> list
 def bench_infer(config: dict[str, Any], device: Device, budget: Budget) -> list[dict[str, Any]]:
     from bench_segmentation import tiles_per_image
 
-    from nudiff.segmentation import HoVerNet, HoVerNetConfig
-    from nudiff.segmentation.inference import predict_structure
+    from nudiff.segmentation.hovernet import HoVerNet, HoVerNetConfig
+    from nudiff.segmentation.hovernet.inference import predict_structure
 
     size = int(config["patches"]["size"])
     hovernet = config["segmentation"]["hovernet"]

@@ -1,7 +1,8 @@
-"""PFF-Net hyper-parameters (Liu et al. 2021, "Panoptic feature fusion net", Medical Image Analysis 67:101786).
+"""PFF-Net hyper-parameters (Liu et al. 2021, "Panoptic feature fusion net", IEEE Transactions on
+Image Processing 30:2045-2059).
 
 :class:`PFFNetConfig` holds the widths and depths of the network built by
-:class:`nudiff.segmentation.pffnet.PFFNet`. The defaults are the authors' network for TCGA / MoNuSeg
+:class:`nudiff.segmentation.pffnet.network.PFFNet`. The defaults are the authors' network for TCGA / MoNuSeg
 (dliu5812/PFFNet, ``configs/biomed_seg/e2e_mask_rcnn_R_101_FPN_1x_gn-tcga.yaml`` on top of
 maskrcnn-benchmark's defaults): a GroupNorm ResNet-101 with FPN, Mask R-CNN heads with a dual-modal
 mask head, a mask quality head and a semantic branch. It is stored in checkpoints as a plain dict

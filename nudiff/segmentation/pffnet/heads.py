@@ -1,4 +1,4 @@
-"""PFF-Net's RoI heads (Liu et al. 2021, Medical Image Analysis 67:101786, Section 3.1), built from
+"""PFF-Net's RoI heads (Liu et al. 2021, IEEE Transactions on Image Processing 30:2045-2059, Section 3.1), built from
 torchvision's detection blocks.
 
 - :class:`GroupNormMLPHead` and :func:`box_predictor`: maskrcnn-benchmark's ``FPN2MLPFeatureExtractor``

@@ -1,4 +1,4 @@
-"""PFF-Net's semantic parts (Liu et al. 2021, Medical Image Analysis 67:101786, Sections 3.2-3.4).
+"""PFF-Net's semantic parts (Liu et al. 2021, IEEE Transactions on Image Processing 30:2045-2059, Sections 3.2-3.4).
 
 - :class:`SemanticBranch`: the "multi-level global convolution" branch on the ResNet stages C2..C5
   (dliu5812/PFFNet ``sem_branch/mcgcn.py``): a GCN block and a residual block per stage, merged top

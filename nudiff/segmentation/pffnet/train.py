@@ -10,8 +10,8 @@ Here the decay points are fractions of the run (0.75 = 19200 / 25600) so that a 
 keeps the recipe's shape, and the flips are the project's 8 symmetries of the square
 (:func:`nudiff.segmentation.augment.augment_pair` with colour jitter off), a superset of PFF-Net's
 4. Everything else (batches per step and seed, paired mixing, validation on held-out source
-images, checkpoints and exact resume) is the shared segmenter training of
-:mod:`nudiff.segmentation.train`.
+images, checkpoints and exact resume) is the shared segmenter run of
+:mod:`nudiff.segmentation.fit`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ from nudiff.config import from_mapping
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.io.digest import file_sha256
 from nudiff.metrics import aji, dice
-from nudiff.segmentation.pffnet import PFFNet
-from nudiff.segmentation.pffnet_config import PFFNetConfig
-from nudiff.segmentation.pffnet_inference import predict_pffnet_instances
-from nudiff.segmentation.train import BestWeights, SegmenterRun, fit_segmenter, load_training_data, rebuild_model
+from nudiff.segmentation.fit import fit_segmenter, rebuild_model
+from nudiff.segmentation.pffnet.config import PFFNetConfig
+from nudiff.segmentation.pffnet.inference import predict_pffnet_instances
+from nudiff.segmentation.pffnet.network import PFFNet
+from nudiff.segmentation.run_settings import SegmenterRun
+from nudiff.segmentation.training_data import load_training_data
+from nudiff.segmentation.validation import BestWeights
 from nudiff.training.checkpoint import load_state
 
 logger = logging.getLogger(__name__)
@@ -230,8 +233,8 @@ def train_pffnet(
     validation_csv: str | Path | None = None,
     validation_samples: str | Path | None = None,
 ) -> BestWeights:
-    """Train PFF-Net on a sample table and save the best validated weights (see
-    :func:`nudiff.segmentation.train.train_segmenter`, which calls this for ``model="pffnet"``)."""
+    """Train PFF-Net on a sample table and save the best validated weights (the registry's
+    ``train`` for ``pffnet``: :func:`nudiff.segmentation.registry.train_segmenter` calls it)."""
     try:
         net_cfg = PFFNetConfig.from_dict(network)
     except (TypeError, ValueError) as err:
@@ -285,6 +288,7 @@ def train_pffnet(
             loss_csv=loss_csv,
             loss_png=loss_png,
             validation_csv=validation_csv,
+            model_label="PFF-Net",
         )
 
 

@@ -1,5 +1,5 @@
 """PFF-Net (Liu et al. 2021, "Panoptic feature fusion net: a novel instance segmentation paradigm for
-biomedical and biological images", Medical Image Analysis 67:101786), on torchvision's Mask R-CNN.
+biomedical and biological images", IEEE Transactions on Image Processing 30:2045-2059), on torchvision's Mask R-CNN.
 
 The network of dliu5812/PFFNet (a maskrcnn-benchmark fork, TCGA config): a GroupNorm ResNet-101
 body (torchvision ``Bottleneck`` blocks), an FPN with GroupNorm and a max-pooled P6, an RPN, RoI
@@ -11,7 +11,7 @@ Input: ``(B, 3, H, W)`` float images in [0, 1] of any size; they are not resized
 as PFF-Net's 0-255 input with mean 128 and std 1 and padded to a multiple of 32.
 Training: ``net(images, targets)`` -> dict of scalar losses; evaluation: ``net(images)`` -> per
 image ``boxes``, ``labels``, ``scores``, ``masks`` (pasted probabilities), ``mask_quality`` and
-``mask_scores``. Hyper-parameters: :class:`nudiff.segmentation.pffnet_config.PFFNetConfig`.
+``mask_scores``. Hyper-parameters: :class:`nudiff.segmentation.pffnet.config.PFFNetConfig`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from nudiff.segmentation.pffnet_config import PFFNetConfig
-from nudiff.segmentation.pffnet_heads import (
+from nudiff.segmentation.pffnet.config import PFFNetConfig
+from nudiff.segmentation.pffnet.heads import (
     DualModalMaskHead,
     DualModalMaskPredictor,
     GroupNormMLPHead,
@@ -49,7 +49,7 @@ from nudiff.segmentation.pffnet_heads import (
     mask_quality_loss,
     mask_quality_targets,
 )
-from nudiff.segmentation.pffnet_semantic import (
+from nudiff.segmentation.pffnet.semantic import (
     IGNORE_INDEX,
     FPNSemanticHead,
     ResidualAttentionFusion,

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from nudiff.errors import InputDataError
-from nudiff.segmentation.hovernet import HoVerNet
-from nudiff.segmentation.hovernet_config import HoVerNetConfig
+from nudiff.segmentation.hovernet.config import HoVerNetConfig
+from nudiff.segmentation.hovernet.network import HoVerNet
 
 logger = logging.getLogger(__name__)
 

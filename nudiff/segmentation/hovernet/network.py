@@ -13,8 +13,8 @@ Input: ``(B, C, H, W)`` float images scaled to [0, 1]. The model applies no norm
 (hover_net divides uint8 pixels by 255 inside its forward; in nudiff the data pipeline does that),
 also with ImageNet encoder weights, as hover_net and MONAI's Hover-Net bundle do.
 
-Hyper-parameters: :class:`nudiff.segmentation.hovernet_config.HoVerNetConfig`; encoder weights:
-:func:`nudiff.segmentation.encoder_weights.load_encoder_weights`.
+Hyper-parameters: :class:`nudiff.segmentation.hovernet.config.HoVerNetConfig`; encoder weights:
+:func:`nudiff.segmentation.hovernet.encoder_weights.load_encoder_weights`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from nudiff.segmentation.hovernet_config import HoVerNetConfig
-from nudiff.segmentation.losses import center_crop
+from nudiff.segmentation.hovernet.config import HoVerNetConfig
+from nudiff.segmentation.hovernet.losses import center_crop
 
 _STAGE_STRIDES = (1, 2, 2, 2)
 
