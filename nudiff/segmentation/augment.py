@@ -180,7 +180,7 @@ def augment_pair(
     inst: np.ndarray,
     generator: torch.Generator,
     *,
-    flips: bool = True,
+    flips: bool | str = True,
     affine: bool = False,
     blur_noise: bool = False,
     brightness: float = BRIGHTNESS,
@@ -196,7 +196,9 @@ def augment_pair(
         rgb: ``(S, S, 3)`` uint8 image (square when ``flips``: rotations swap the axes).
         inst: ``(S, S)`` int instance map aligned with ``rgb``.
         generator: the source of every draw; same state in, same pair out.
-        flips: draw one of the 8 symmetries of the square (else keep the geometry).
+        flips: ``True`` or ``"dihedral"``: one of the 8 symmetries of the square (HoVer-Net);
+            ``"hv"``: a horizontal and a vertical flip, each with probability 0.5 (PFF-Net's
+            reference, maskrcnn-benchmark's two ``RandomFlip`` transforms); ``False``: none.
         affine: warp image and map by HoVer-Net's random affine transform first.
         blur_noise: blur or add noise to the image (HoVer-Net's input augmentation).
         brightness, contrast, saturation, hue: see :func:`colour_jitter`.
@@ -208,9 +210,18 @@ def augment_pair(
         raise ValueError(f"rgb {rgb.shape} and inst {inst.shape} must be (H, W, 3) and (H, W)")
     if affine:
         rgb, inst = random_affine(rgb, inst, generator)
-    if flips:
+    if flips == "hv":
+        horizontal, vertical = (torch.rand(2, generator=generator) < 0.5).tolist()
+        if horizontal:
+            rgb, inst = rgb[:, ::-1], inst[:, ::-1]
+        if vertical:
+            rgb, inst = rgb[::-1], inst[::-1]
+        rgb, inst = np.ascontiguousarray(rgb), np.ascontiguousarray(inst)
+    elif flips in (True, "dihedral"):
         op = int(torch.randint(0, N_DIHEDRAL, (), generator=generator))
         rgb, inst = dihedral(rgb, op), dihedral(inst, op)
+    elif flips is not False:
+        raise ValueError(f"flips must be True, False, 'dihedral' or 'hv', got {flips!r}")
     if blur_noise:
         rgb = blur_or_noise(rgb, generator)
     rgb = colour_jitter(rgb, generator, brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)

@@ -56,6 +56,8 @@ class SegmenterRun:
         validate_every: steps between validations (the last step is always validated).
         val_fraction: share of the real source images held out for validation; 0 = none.
         augment: random flips/rotations (and the model's further augmentations).
+        skip_empty: leave out training patches without nuclei (PFF-Net's reference: only
+            images with annotations train).
         checkpoint_every, keep_checkpoints, log_every: the loop's settings.
         loader_workers: DataLoader worker processes that prepare the batches (augmentation and
             targets) ahead of the training step; 0 prepares them in the training process.
@@ -79,6 +81,7 @@ class SegmenterRun:
     validate_every: int = 1000
     val_fraction: float = 0.1
     augment: bool = True
+    skip_empty: bool = False
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 100

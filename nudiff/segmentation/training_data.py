@@ -104,12 +104,19 @@ def load_training_data(
     reader = SampleReader(table)
     rgb, inst = reader.load_all(train_rows)
     synthetic = table["origin"].to_numpy()[train_rows] == "synthetic"
+    if settings.skip_empty:
+        has_nuclei = inst.reshape(len(inst), -1).max(axis=1, initial=0) > 0
+        if not has_nuclei.all():
+            logger.info("left out %d training patches without nuclei (skip_empty)", int((~has_nuclei).sum()))
+        rgb, inst, synthetic = rgb[has_nuclei], inst[has_nuclei], synthetic[has_nuclei]
+        if len(rgb) == 0:
+            raise InputDataError(f"{samples_csv}: no training patch has a nucleus (skip_empty)")
     real_idx, synthetic_idx = np.flatnonzero(~synthetic), np.flatnonzero(synthetic)
     paired = settings.mixing == "paired"
     if paired and len(real_idx) == 0:
         raise InputDataError(f"{samples_csv}: training.mixing 'paired' needs real samples, there are none")
     per_batch_synthetic = _per_batch_synthetic(settings, len(real_idx), len(synthetic_idx)) if paired else 0
-    settings = settings.with_epochs(len(real_idx) if paired else len(train_rows))
+    settings = settings.with_epochs(len(real_idx) if paired else len(rgb))
     pretrain_steps = 0
     if len(synthetic_idx) and settings.synthetic_pretrain_epochs > 0:
         pretrain_steps = math.ceil(settings.synthetic_pretrain_epochs * len(synthetic_idx) / settings.batch_size)

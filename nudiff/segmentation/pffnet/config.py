@@ -52,6 +52,11 @@ class PFFNetConfig:
         semantic_channels: channels of the semantic branch (64).
         semantic_consistency_weight: weight of the consistency loss between the semantic branch
             and the fused semantic map (1.0).
+        box_reg_beta: smooth-L1 beta of the box head's regression loss (maskrcnn-benchmark's
+            RoI box loss: 1; torchvision's ``fastrcnn_loss``: 1/9).
+        rpn_straddle_thresh: RPN training ignores anchors that reach beyond the image by more
+            than this many pixels (maskrcnn-benchmark ``RPN.STRADDLE_THRESH`` 0); ``None`` keeps
+            every anchor (torchvision).
     """
 
     backbone_blocks: tuple[int, ...] = (3, 4, 23, 3)
@@ -73,6 +78,8 @@ class PFFNetConfig:
     quality_alpha: float = 0.5
     semantic_channels: int = 64
     semantic_consistency_weight: float = 1.0
+    box_reg_beta: float = 1.0
+    rpn_straddle_thresh: float | None = 0.0
 
     def __post_init__(self) -> None:
         lengths = {
@@ -117,6 +124,11 @@ class PFFNetConfig:
         weight = self.semantic_consistency_weight
         if not _is_number(weight) or not math.isfinite(weight) or weight < 0:
             raise ValueError(f"PFFNetConfig.semantic_consistency_weight must be a number >= 0, got {weight!r}")
+        if not _is_number(self.box_reg_beta) or not self.box_reg_beta > 0:
+            raise ValueError(f"PFFNetConfig.box_reg_beta must be a number > 0, got {self.box_reg_beta!r}")
+        straddle = self.rpn_straddle_thresh
+        if straddle is not None and (not _is_number(straddle) or straddle < 0):
+            raise ValueError(f"PFFNetConfig.rpn_straddle_thresh must be a number >= 0 or null, got {straddle!r}")
         if self.mask_conv_layers[-1] % 2:
             # the mask head's fully connected path halves the last conv width (PFF-Net's conv5_fc)
             raise ValueError(f"PFFNetConfig.mask_conv_layers must end with an even width, got {self.mask_conv_layers}")

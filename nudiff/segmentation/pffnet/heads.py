@@ -41,10 +41,19 @@ class GroupNormMLPHead(nn.Sequential):
         )
 
 
-def box_predictor(dim: int, n_classes: int) -> FastRCNNPredictor:
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's box predictor with float32 outputs: the deltas become boxes and regression
+    losses, which bf16 (autocast) would round by up to a pixel at these coordinates."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
+
+
+def box_predictor(dim: int, n_classes: int) -> Float32BoxPredictor:
     """Class scores and per-class box deltas, initialised as maskrcnn-benchmark's ``FPNPredictor``
-    (weights N(0, 0.01) for the scores, N(0, 0.001) for the deltas, biases 0)."""
-    predictor = FastRCNNPredictor(dim, n_classes)
+    (weights N(0, 0.01) for the scores, N(0, 0.001) for the deltas, biases 0), in float32."""
+    predictor = Float32BoxPredictor(dim, n_classes)
     for layer, std in ((predictor.cls_score, 0.01), (predictor.bbox_pred, 0.001)):
         nn.init.normal_(layer.weight, std=std)
         nn.init.zeros_(layer.bias)

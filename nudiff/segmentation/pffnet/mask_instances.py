@@ -18,10 +18,12 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 SCORE_THRESHOLD = 0.5  # PFF-Net's confidence_threshold in tcga_infer.py
 MASK_THRESHOLD = 0.5  # its Masker threshold
 MAX_OVERLAP = 0.7  # its removeoverlap: drop a mask whose overlap with earlier ones exceeds this share
+PASTE_PADDING = 1  # its Masker's padding: a zero border around each mask before it is resized
 
 Pasted = tuple[int, int, np.ndarray]  # (y0, x0, bool region) of one pasted mask
 
@@ -43,25 +45,31 @@ def detection_order(
 def paste_mask(
     mask: torch.Tensor | np.ndarray, box: np.ndarray, shape: tuple[int, int], threshold: float = MASK_THRESHOLD
 ) -> Pasted | None:
-    """One ``(M, M)`` mask probability map resized bilinearly onto its box and thresholded.
+    """One ``(M, M)`` mask probability map pasted onto its box and thresholded, as PFF-Net's
+    ``Masker`` (and torchvision's ``paste_masks_in_image``) does it.
+
+    The mask gets a border of :data:`PASTE_PADDING` zero pixels and the box grows by the same
+    factor, ``(M + 2) / M``, about its centre; the box's corners are truncated to integers and the
+    padded mask is resized bilinearly onto the ``x2 - x1 + 1`` by ``y2 - y1 + 1`` pixels they span.
+    The zero border lets the mask fall off smoothly at the box's edges instead of being cut there.
 
     Args:
         mask: ``(M, M)`` probabilities in the box's frame (the mask head's output).
-        box: ``(x1, y1, x2, y2)`` in pixels (x2, y2 exclusive, as torchvision's boxes).
-        shape: the image's ``(H, W)``; the box is clipped to it.
+        box: ``(x1, y1, x2, y2)`` in pixels.
+        shape: the image's ``(H, W)``; the pasted region is clipped to it.
 
     Returns:
         ``(y0, x0, binary)``: the top-left corner of the pasted region and its ``bool`` mask, or
-        ``None`` when the clipped box is empty.
+        ``None`` when the clipped region is empty.
     """
     height, width = shape
-    x1, y1 = int(np.floor(box[0])), int(np.floor(box[1]))
-    x2, y2 = int(np.ceil(box[2])), int(np.ceil(box[3]))
-    w, h = max(x2 - x1, 1), max(y2 - y1, 1)
-    mask = torch.as_tensor(mask, dtype=torch.float32)[None, None]
-    resized = F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    padded, scale = expand_masks(torch.as_tensor(mask, dtype=torch.float32)[None, None], PASTE_PADDING)
+    grown = expand_boxes(torch.as_tensor(np.asarray(box, dtype=np.float32))[None], scale)[0]
+    x1, y1, x2, y2 = grown.to(torch.int64).tolist()  # truncation toward zero, as the reference
+    w, h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
+    resized = F.interpolate(padded, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
     y0, x0 = max(y1, 0), max(x1, 0)
-    y_end, x_end = min(y1 + h, height), min(x1 + w, width)
+    y_end, x_end = min(y2 + 1, height), min(x2 + 1, width)
     if y_end <= y0 or x_end <= x0:
         return None
     region = resized[y0 - y1 : y_end - y1, x0 - x1 : x_end - x1] > threshold

@@ -25,9 +25,9 @@ from torch.nn import functional as F
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import (
     RoIHeads,
-    fastrcnn_loss,
     maskrcnn_inference,
     project_masks_on_boxes,
 )
@@ -121,6 +121,75 @@ class GroupNormResNetBody(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
+class Float32Anchors(AnchorGenerator):
+    """torchvision's anchors, always in float32: its generator takes the feature maps' dtype,
+    which is bfloat16 under autocast, and bf16 cannot hold pixel coordinates (its step is 1 px
+    from 128 to 256 and 2 px above). maskrcnn-benchmark's anchors are float32 throughout."""
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        # zero-stride views: the shapes and device the generator reads, in float32, no copy
+        as_float = [torch.zeros((), dtype=torch.float32, device=f.device).expand(f.shape) for f in feature_maps]
+        return super().forward(image_list, as_float)
+
+
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs: the convolutions may run in bf16, but the
+    objectness and box deltas that become proposals and losses do not (box decoding casts the
+    anchors to the deltas' dtype)."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class BorderFilteredRPN(RegionProposalNetwork):
+    """torchvision's RPN with maskrcnn-benchmark's border filter: in training, anchors that reach
+    beyond the image by more than ``straddle_thresh`` pixels are neither positive nor negative
+    (``RPN.STRADDLE_THRESH`` 0; ``None`` keeps every anchor, as torchvision does). The image is the
+    unpadded one; torchvision's boxes have exclusive far edges, so an anchor ending exactly at
+    the border is inside."""
+
+    def __init__(self, *args, straddle_thresh: float | None = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.straddle_thresh = straddle_thresh
+        self._image_sizes: list[tuple[int, int]] = []
+
+    def forward(self, images: ImageList, features: dict[str, Tensor], targets=None):
+        self._image_sizes = list(images.image_sizes)
+        return super().forward(images, features, targets)
+
+    def assign_targets_to_anchors(self, anchors: list[Tensor], targets: list[dict[str, Tensor]]):
+        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+        if self.straddle_thresh is None:
+            return labels, matched
+        t = self.straddle_thresh
+        for image_labels, image_anchors, (height, width) in zip(labels, anchors, self._image_sizes):
+            inside = (
+                (image_anchors[:, 0] >= -t)
+                & (image_anchors[:, 1] >= -t)
+                & (image_anchors[:, 2] <= width + t)
+                & (image_anchors[:, 3] <= height + t)
+            )
+            image_labels[~inside] = -1.0  # torchvision's "discard" label: not sampled
+        return labels, matched
+
+
+def roi_box_loss(
+    class_logits: Tensor, box_regression: Tensor, labels: list[Tensor], regression_targets: list[Tensor], beta: float
+) -> tuple[Tensor, Tensor]:
+    """Fast R-CNN's losses: cross-entropy of the class scores, and smooth-L1 (``beta``) of the
+    label class's box deltas over the positive RoIs, summed and divided by all sampled RoIs
+    (maskrcnn-benchmark's ``FastRCNNLossComputation``, whose beta is 1; torchvision's
+    ``fastrcnn_loss`` is the same with beta 1/9)."""
+    labels_cat = torch.cat(labels)
+    targets = torch.cat(regression_targets)
+    classification = F.cross_entropy(class_logits.float(), labels_cat)
+    positive = torch.where(labels_cat > 0)[0]
+    deltas = box_regression.float().reshape(len(labels_cat), -1, 4)[positive, labels_cat[positive]]
+    box = F.smooth_l1_loss(deltas, targets[positive], beta=beta, reduction="sum") / max(labels_cat.numel(), 1)
+    return classification, box
+
+
 class UnresizedTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform without resizing: normalise as PFF-Net (0-255 pixels
     minus 128, std 1) and pad the batch to a multiple of 32."""
@@ -147,13 +216,17 @@ class PFFNetRoIHeads(RoIHeads):
     Args:
         mask_quality_head: the :class:`MaskQualityHead`.
         quality_alpha: IoU weight of the quality target (:func:`mask_quality_targets`).
+        box_reg_beta: smooth-L1 beta of the box regression loss (:func:`roi_box_loss`).
         **kwargs: torchvision ``RoIHeads`` arguments.
     """
 
-    def __init__(self, *, mask_quality_head: MaskQualityHead, quality_alpha: float, **kwargs) -> None:
+    def __init__(
+        self, *, mask_quality_head: MaskQualityHead, quality_alpha: float, box_reg_beta: float, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.mask_quality_head = mask_quality_head
         self.quality_alpha = quality_alpha
+        self.box_reg_beta = box_reg_beta
 
     def forward(
         self,
@@ -170,7 +243,9 @@ class PFFNetRoIHeads(RoIHeads):
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-        loss_classifier, loss_box_reg = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+        loss_classifier, loss_box_reg = roi_box_loss(
+            class_logits, box_regression, labels, regression_targets, self.box_reg_beta
+        )
 
         refined = self.box_coder.decode(box_regression.detach(), proposals).split([len(p) for p in proposals])
         positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
@@ -341,16 +416,17 @@ class PFFNet(GeneralizedRCNN):
         return losses
 
 
-def _build_rpn(config: PFFNetConfig) -> RegionProposalNetwork:
-    anchors = AnchorGenerator(
+def _build_rpn(config: PFFNetConfig) -> BorderFilteredRPN:
+    anchors = Float32Anchors(
         sizes=tuple((size,) for size in config.anchor_sizes),
         aspect_ratios=(config.aspect_ratios,) * len(config.anchor_sizes),
     )
-    return RegionProposalNetwork(
+    return BorderFilteredRPN(
         anchors,
-        RPNHead(config.fpn_channels, len(config.aspect_ratios)),
+        Float32RPNHead(config.fpn_channels, len(config.aspect_ratios)),
         pre_nms_top_n=dict(training=_RPN_PRE_NMS_TOP_N_TRAIN, testing=config.rpn_pre_nms_top_n_test),
         post_nms_top_n=dict(training=_RPN_POST_NMS_TOP_N_TRAIN, testing=config.rpn_post_nms_top_n_test),
+        straddle_thresh=config.rpn_straddle_thresh,
         **_RPN,
     )
 
@@ -369,6 +445,7 @@ def _build_roi_heads(config: PFFNetConfig, norm_layer: partial[nn.GroupNorm]) ->
             c, config.maskiou_channels, config.maskiou_fc, config.mask_pool, N_CLASSES, norm_layer
         ),
         quality_alpha=config.quality_alpha,
+        box_reg_beta=config.box_reg_beta,
         batch_size_per_image=config.roi_batch_per_image,
         **_ROI,
     )

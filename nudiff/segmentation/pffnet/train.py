@@ -7,10 +7,11 @@ warm-up from a third of the lr over 500 steps, and the lr divided by 10 at step 
 training images are flipped horizontally and vertically with probability 0.5 each.
 
 Here the decay points are fractions of the run (0.75 = 19200 / 25600) so that a shorter run
-keeps the recipe's shape, and the flips are the project's 8 symmetries of the square
-(:func:`nudiff.segmentation.augment.augment_pair` with colour jitter off), a superset of PFF-Net's
-4. Everything else (batches per step and seed, paired mixing, validation on held-out source
-images, checkpoints and exact resume) is the shared segmenter run of
+keeps the recipe's shape. As the reference: horizontal and vertical flips (``flips: hv``; the 8
+symmetries of the square are an option), patches without nuclei left out (``skip_empty``), and
+with pretrained weights (:mod:`.backbone_weights`) the stem and first stage frozen
+(``freeze_at``). Everything else (batches per step and seed, paired mixing, validation on
+held-out source images, checkpoints and exact resume) is the shared segmenter run of
 :mod:`nudiff.segmentation.fit`.
 """
 
@@ -27,10 +28,11 @@ from scipy import ndimage
 from torch import nn
 
 from nudiff.config import from_mapping
-from nudiff.errors import ConfigError, InputDataError
+from nudiff.errors import ConfigError
 from nudiff.io.digest import file_sha256
 from nudiff.metrics import aji, dice
 from nudiff.segmentation.fit import fit_segmenter, rebuild_model
+from nudiff.segmentation.pffnet.backbone_weights import load_backbone_weights
 from nudiff.segmentation.pffnet.config import PFFNetConfig
 from nudiff.segmentation.pffnet.inference import predict_pffnet_instances
 from nudiff.segmentation.pffnet.network import PFFNet
@@ -57,8 +59,15 @@ class PFFNetTraining(SegmenterRun):
         lr_steps: fractions of the run after which the lr is multiplied by ``gamma``
             (0.75 = 19200 / 25600; PFF-Net's second step is its last iteration).
         gamma: the decay factor (0.1).
-        backbone_weights: ``"none"`` or a path to saved weights of ``model.backbone.body`` (the
-            ResNet stages); PFF-Net starts from ImageNet R-101-GN weights, which are never downloaded.
+        backbone_weights: ``"none"``, a path to saved weights of ``model.backbone.body`` (a torch
+            state dict of the ResNet stages), or a path to Detectron's ImageNet ``R-101-GN.pkl``
+            (what PFF-Net starts from; converted by :mod:`.detectron_weights`). Never downloaded.
+        freeze_at: with backbone weights, the stem (1) and the stages up to this number stay
+            frozen (maskrcnn-benchmark ``FREEZE_CONV_BODY_AT`` 2: stem and first stage); 0 =
+            none. Without weights nothing is frozen (a random stem would stay random).
+        flips: ``"hv"`` (the reference's horizontal and vertical flips) or ``"dihedral"`` (the 8
+            symmetries of the square; :func:`nudiff.segmentation.augment.augment_pair`).
+        skip_empty: patches without nuclei are left out (the reference skips unannotated images).
         inference: :func:`predict_pffnet_instances`' keyword arguments used for validation.
     """
 
@@ -74,6 +83,9 @@ class PFFNetTraining(SegmenterRun):
     lr_steps: tuple[float, ...] = (0.75,)
     gamma: float = 0.1
     backbone_weights: str = "none"
+    freeze_at: int = 2
+    flips: str = "hv"
+    skip_empty: bool = True
     inference: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +105,10 @@ class PFFNetTraining(SegmenterRun):
         steps = tuple(self.lr_steps)
         if any(not 0 < f < 1 for f in steps) or list(steps) != sorted(steps):
             raise ConfigError(f"training.lr_steps must be increasing fractions in (0, 1), got {self.lr_steps!r}")
+        if not isinstance(self.freeze_at, int) or isinstance(self.freeze_at, bool) or not 0 <= self.freeze_at <= 5:
+            raise ConfigError(f"training.freeze_at must be an integer in 0..5, got {self.freeze_at!r}")
+        if self.flips not in ("hv", "dihedral"):
+            raise ConfigError(f"training.flips must be 'hv' or 'dihedral', got {self.flips!r}")
         if not isinstance(self.inference, dict):
             raise ConfigError(f"training.inference must be a mapping, got {self.inference!r}")
         object.__setattr__(self, "lr_steps", steps)
@@ -202,24 +218,6 @@ def score_pffnet_patches(
     return {"dice": d, "aji": a, "score": (d + a) / 2.0}
 
 
-def load_backbone_weights(model: PFFNet, weights: str) -> None:
-    """Load the ResNet body's weights (``model.backbone.body``, torchvision ResNet names with
-    GroupNorm in the ``bn*`` entries) from a file (``"none"``: keep the seeded initialisation)."""
-    if weights == "none":
-        logger.info("PFF-Net backbone: random initialisation")
-        return
-    path = Path(weights)
-    if not path.is_file():
-        raise InputDataError(f"training.backbone_weights: {weights} is not a file (give a path, or none)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.backbone.body.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputDataError(
-            f"{weights}: not PFF-Net backbone weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    logger.info("PFF-Net backbone: weights from %s", weights)
-
-
 def train_pffnet(
     samples_csv: str | Path,
     out_model: str | Path,
@@ -248,7 +246,7 @@ def train_pffnet(
     cfg: PFFNetTraining = data.settings  # type: ignore[assignment]
 
     net = PFFNet(net_cfg, seed=cfg.seed)
-    load_backbone_weights(net, cfg.backbone_weights)
+    load_backbone_weights(net, cfg.backbone_weights, freeze_at=cfg.freeze_at)
     net.to(device)
     optimizer = sgd_with_bias_groups(net, cfg)
 
@@ -267,7 +265,7 @@ def train_pffnet(
             net,
             optimizer,
             data,
-            batches=data.batches(jitter=NO_JITTER, targets="instances"),
+            batches=data.batches(jitter={**NO_JITTER, "flips": cfg.flips}, targets="instances"),
             loss_fn=loss_fn,
             score_fn=lambda m: score_pffnet_patches(
                 m, data.val_rgb, data.val_inst, inference=cfg.inference, device=device
