@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Train every arm of a finished block again with another schedule, on that block's generator,
+# and write only the validation logs: the test images are not read (the targets are the
+# validation logs, and train_segmenter never reads the test split).
+#
+#   tune.sh <finished block workdir> <scratch workdir> <schedule name> [<block overlay>] [seed]
+#
+# <schedule name> names config/overlays/monuseg-cpu-schedule-<name>.yaml; <block overlay> is the
+# generator overlay the block ran with (config/overlays/monuseg-cpu-block2.yaml for block 2; ""
+# for block 1). The block's generator (prepared data, subsets, diffusion models, pairs, training
+# sets) is copied with its times kept, so only train_segmenter jobs run. Run from the repository
+# root (or a worktree at a fixed commit).
+set -euo pipefail
+block=$(realpath "$1"); scratch=$2; name=$3; block_overlay=${4:-}; seed=${5:-0}
+schedule=config/overlays/monuseg-cpu-schedule-"$name".yaml
+[[ -f $schedule ]] || { echo "no $schedule" >&2; exit 1; }
+overlays=(${block_overlay:+"$block_overlay"} "$schedule")
+mkdir -p "$scratch"
+cp -a "$block"/. "$scratch"/
+# what the new schedule trains again, and what it must not see: no test predictions or scores
+rm -rf "$scratch"/results/monuseg/10pct/segmentation "$scratch"/checkpoints "$scratch"/results/table* \
+  "$scratch"/logs/monuseg/10pct/train_segmenter_* "$scratch"/benchmarks/monuseg/10pct/train_segmenter_*
+targets=()
+for arm in labelled augmented pretrained pretrained-real shuffled; do
+  targets+=("results/monuseg/10pct/segmentation/hovernet/$arm/seed$seed/validation.csv")
+done
+snakemake --cores 2 --rerun-triggers mtime --directory "$scratch" \
+  --configfile config/monuseg-cpu.yaml "${overlays[@]}" -- "${targets[@]}"
