@@ -258,3 +258,18 @@ def test_bad_input_gives_a_named_error_and_no_output(image_model, tmp_path, make
         label_to_image(maps, image_model, out, sampling=FAST)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]
+
+
+def test_the_config_names_an_image_model_of_the_run():
+    from nudiff.config import check_config, label_to_image_model, label_to_image_sampling
+    from nudiff.errors import ConfigError
+
+    base = {"datasets": {"demo": {"format": "demo", "synthetic_pairs": {"10pct": 1, "50pct": 1}}}, "subsets": [10, 50]}
+    assert label_to_image_model(base) == ("demo", 50)  # defaults: the first dataset, the largest subset
+    for chosen, key in (({"dataset": "other"}, "label_to_image.dataset"), ({"subset": 20}, "label_to_image.subset")):
+        with pytest.raises(ConfigError, match=key):
+            check_config({**base, "label_to_image": chosen})
+    config = {**base, "diffusion": {"sampling": {"steps": 100, "guidance_scale": 1.0, "seed": 0}}}
+    config["diffusion"]["image_sampling"] = {"steps": 25}
+    config["label_to_image"] = {"seed": 4, "guidance_scale": 2.0}
+    assert label_to_image_sampling(config) == {"steps": 25, "guidance_scale": 2.0, "seed": 4}
