@@ -273,3 +273,23 @@ def test_the_config_names_an_image_model_of_the_run():
     config["diffusion"]["image_sampling"] = {"steps": 25}
     config["label_to_image"] = {"seed": 4, "guidance_scale": 2.0}
     assert label_to_image_sampling(config) == {"steps": 25, "guidance_scale": 2.0, "seed": 4}
+
+
+def test_the_new_noise_streams_are_their_own():
+    import torch
+
+    from nudiff.diffusion.synthesis import sample_generator
+
+    # the pairs' streams keep their ids (every earlier pair depends on them); new ones are new
+    assert {k: STREAMS[k] for k in ("structure", "image", "select_structure", "select_image", "sweep_image")} == {
+        "structure": 0,
+        "image": 1,
+        "select_structure": 2,
+        "select_image": 3,
+        "sweep_image": 4,
+    }
+    assert len(set(STREAMS.values())) == len(STREAMS)
+    for old, new in (("structure", "extra_structure"), ("image", "extra_image"), ("image", "label_to_image")):
+        a = torch.randn(8, generator=sample_generator(0, old, 3))
+        b = torch.randn(8, generator=sample_generator(0, new, 3))
+        assert not torch.equal(a, b)
