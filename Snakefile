@@ -24,6 +24,7 @@ include: "rules/data.smk"
 include: "rules/diffusion.smk"
 include: "rules/segmentation.smk"
 include: "rules/report.smk"
+include: "rules/export.smk"
 
 
 rule all:

@@ -39,6 +39,13 @@ def check_config(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"diffusion.{name}.subset: {part.get('subset')} is not one of subsets {config['subsets']}"
             )
+    chosen = config.get("label_to_image", {})
+    if chosen.get("dataset") is not None and chosen["dataset"] not in config["datasets"]:
+        raise ConfigError(
+            f"label_to_image.dataset: {chosen['dataset']!r} is not one of datasets {list(config['datasets'])}"
+        )
+    if chosen.get("subset") is not None and chosen["subset"] not in config["subsets"]:
+        raise ConfigError(f"label_to_image.subset: {chosen['subset']} is not one of subsets {config['subsets']}")
     patches = config.get("patches", {})
     if patches.get("stride", 1) > patches.get("size", 1):
         raise ConfigError("patches.stride: larger than patches.size, so pixels between patches would be skipped")
@@ -55,6 +62,25 @@ def image_sampling(config: Mapping[str, Any]) -> dict[str, Any]:
     images): ``diffusion.sampling`` with ``diffusion.image_sampling`` laid over it."""
     diffusion = config.get("diffusion", {})
     return {**diffusion.get("sampling", {}), **diffusion.get("image_sampling", {})}
+
+
+def label_to_image_model(config: Mapping[str, Any]) -> tuple[str, int]:
+    """The (dataset, subset) whose image model ``label_to_image`` draws with: the configured
+    ones, else the first dataset and the largest subset."""
+    chosen = config.get("label_to_image", {})
+    dataset = chosen.get("dataset") or next(iter(config["datasets"]))
+    subset = chosen.get("subset") or max(config["subsets"])
+    return dataset, int(subset)
+
+
+def label_to_image_sampling(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling of ``label_to_image``: that of the pairs' images (:func:`image_sampling`) with
+    ``label_to_image``'s seed and, when set, guidance scale."""
+    chosen = config.get("label_to_image", {})
+    out = {**image_sampling(config), "seed": chosen.get("seed", 0)}
+    if chosen.get("guidance_scale") is not None:
+        out["guidance_scale"] = chosen["guidance_scale"]
+    return out
 
 
 def resolve_device(device: str) -> str:

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from nudiff.arms import TRAINSETS as ARM_TRAINSETS
 from nudiff.arms import arm_training, check_arms, comparisons
 from nudiff.config import check_config, image_sampling, structure_watershed, subset_key
+from nudiff.config import label_to_image_model, label_to_image_sampling
 from nudiff.datasets.sources import SPLITS as SOURCE_SPLITS
 from nudiff.datasets.sources import list_source_items
 from nudiff.errors import ConfigError
@@ -45,6 +46,8 @@ wildcard_constraints:
     dataset="|".join(re.escape(name) for name in DATASETS),
     pct="|".join(str(p) for p in SUBSETS),
     split="|".join(SPLITS),
+    exportset="pairs|augmented|extra[1-9][0-9]*",
+    n_extra="[1-9][0-9]*",
 
 
 # ---- datasets ---------------------------------------------------------------
@@ -114,6 +117,9 @@ GPU_RULES = {
     "select_structure_weights",
     "select_image_weights",
     "guidance_sweep",
+    "sample_extra_structures",
+    "sample_extra_images",
+    "label_to_image",
 }
 
 
@@ -211,6 +217,72 @@ def diffusion_outputs(dataset):
     if comparison["enabled"]:
         out.append(f"results/{dataset}/{comparison['subset']}pct/sampler_comparison/statistics.csv")
     return out
+
+
+# ---- exports and more pairs (rules/export.smk) ---------------------------------
+
+EXTRA_STREAMS = ["extra_structure", "extra_image"]  # nudiff.diffusion.synthesis.STREAMS
+
+
+def subset_file(wildcards, name):
+    """A file of the subset of ``wildcards`` (``name`` relative to results/<dataset>/<pct>pct)."""
+    return expand("results/{dataset}/{pct}pct/{name}", dataset=wildcards.dataset, pct=wildcards.pct, name=name)[0]
+
+
+def n_extra_shards(wildcards):
+    """Sampling jobs of N more pairs: the configured count, but never more than N."""
+    return min(config["diffusion"]["sampling"]["shards"], int(wildcards.n_extra))
+
+
+def extra_pair_shards(wildcards, n_extra):
+    return expand(
+        "results/{dataset}/{pct}pct/extra{n_extra}/pairs_{shard}.npz",
+        dataset=wildcards.dataset,
+        pct=wildcards.pct,
+        n_extra=n_extra,
+        shard=range(min(config["diffusion"]["sampling"]["shards"], int(n_extra))),
+    )
+
+
+def export_inputs(wildcards):
+    """The models and weight choices that drew the pairs, the pairs' shards, and for the
+    augmented set the labelled training part."""
+    out = {
+        "structure_model": subset_file(wildcards, "diffusion/structure_model.pt"),
+        "structure_selection": subset_file(wildcards, "diffusion/structure_model_selection.json"),
+        "image_model": subset_file(wildcards, "diffusion/image_model.pt"),
+        "image_selection": subset_file(wildcards, "diffusion/image_model_selection.json"),
+    }
+    if wildcards.exportset.startswith("extra"):
+        out["pairs"] = extra_pair_shards(wildcards, wildcards.exportset.removeprefix("extra"))
+    else:
+        out["pairs"] = pair_shards(wildcards)
+    if wildcards.exportset == "augmented":
+        out["labelled"] = subset_file(wildcards, "trainsets/labelled_train.csv")
+    return out
+
+
+def export_streams(wildcards):
+    return EXTRA_STREAMS if wildcards.exportset.startswith("extra") else ["structure", "image"]
+
+
+def export_prefix(wildcards):
+    return "extra" if wildcards.exportset.startswith("extra") else "synthetic"
+
+
+def label_to_image_inputs(wildcards):
+    """The folder of maps, and the image model (and its chosen weights) of the configured subset."""
+    folder = config["label_to_image"]["labels"]
+    if not folder:
+        raise ConfigError("label_to_image.labels: set it to the folder of instance maps to draw images for")
+    dataset, subset = label_to_image_model(config)
+    model = expand(
+        "results/{dataset}/{pct}pct/diffusion/{name}",
+        dataset=dataset,
+        pct=subset,
+        name=["image_model.pt", "image_model_selection.json"],
+    )
+    return {"labels": folder, "model": model[0], "selection": model[1]}
 
 
 # ---- segmentation and evaluation ----------------------------------------------

@@ -15,6 +15,9 @@ SHARED_STEP = {
     "train_image_model_guided": ("train_diffusion_model", "train_diffusion_model"),
     # the structures of the sampler comparison, sampled like those of sample_structures
     "sample_sampler_comparison": ("sample_sampler_comparison", "sample_structures"),
+    # more pairs from finished models: the pairs' sampling with its own noise streams
+    "sample_extra_structures": ("sample_extra_structures", "sample_structures"),
+    "sample_extra_images": ("sample_extra_images", "sample_images"),
 }
 
 

@@ -215,9 +215,13 @@ def test_every_rule_takes_its_resources_from_config(tmp_path):
         if not i % 2:
             entry["runtime"] = 100 + i
         config["resources"][name] = entry
+    # the export targets are not part of all (rules/export.smk): asked for by name
+    (tmp_path / "maps").mkdir()
+    config["label_to_image"] = {"labels": str(tmp_path / "maps")}
+    exports = ["results/tiny/50pct/export/augmented", "results/tiny/50pct/export/extra2", "results/label_to_image"]
     custom = tmp_path / "resources.yaml"
     custom.write_text(yaml.safe_dump(config))
-    out = snakemake(tmp_path, "-n", "--cores", "64", config=custom).stdout
+    out = snakemake(tmp_path, "all", *exports, "-n", "--cores", "64", config=custom).stdout
     planned = planned_resources(out)
     assert sorted(set(planned) - {"all"}) == rules
     for name in rules:

@@ -67,7 +67,8 @@ from nudiff.structure import (
 logger = logging.getLogger(__name__)
 
 # Independent noise streams: the synthetic pairs, and the extra samples that choose weights
-# and sweep guidance (so those never reuse a pair's noise).
+# and sweep guidance (so those never reuse a pair's noise), more pairs from finished models
+# (rules sample_extra_*), images for a user's maps. An id never changes: new streams, new ids.
 STREAMS = {
     "structure": 0,
     "image": 1,
@@ -75,6 +76,9 @@ STREAMS = {
     "select_image": 3,
     "sweep_image": 4,
     "colour": COLOUR_STREAM,
+    "extra_structure": 6,
+    "extra_image": 7,
+    "label_to_image": 8,
 }
 
 
@@ -330,6 +334,7 @@ def sample_structures(
     labelled_csv: str | Path | None = None,
     device: str = "cpu",
     resume_file: str | Path | None = None,
+    stream: str = "structure",
 ) -> int:
     """Rule ``sample_structures``: one shard of synthetic structures and their instance maps.
 
@@ -344,8 +349,9 @@ def sample_structures(
 
     ``selection`` is the JSON of :func:`nudiff.diffusion.selection.select_structure_weights` naming the
     weights to sample (None: the final EMA weights). ``resume_file`` keeps finished batches
-    across a kill (see :func:`_run_batches`). Returns the number of structures with at least
-    one nucleus.
+    across a kill (see :func:`_run_batches`). ``stream`` names the noise stream
+    (:data:`STREAMS`; rule ``sample_extra_structures``: ``extra_structure``). Returns the
+    number of structures with at least one nucleus.
     """
     if oversample < 1:
         raise ValueError(f"oversample must be >= 1, got {oversample}")
@@ -359,13 +365,10 @@ def sample_structures(
     indices = np.concatenate([wanted + j * n_total for j in range(oversample)])
     t0 = time.monotonic()
 
+    settings = {"watershed": watershed, "cleanup": cleanup, "device": device, "stream": stream}
+
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
-        return {
-            "sample_index": batch,
-            **structure_batch(
-                model, schedule, size, batch, sampling, watershed=watershed, cleanup=cleanup, device=device
-            ),
-        }
+        return {"sample_index": batch, **structure_batch(model, schedule, size, batch, sampling, **settings)}
 
     fingerprint = {
         "model": file_sha256(model_path),
@@ -374,6 +377,7 @@ def sample_structures(
         "cleanup": asdict(cleanup),
         "weights": chosen,
         "indices": indices.tolist(),
+        **({"stream": stream} if stream != "structure" else {}),
     }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
     sampled = _concat(parts, "sampled_structures", (0, size, size, 3), np.float32)
@@ -429,6 +433,7 @@ def sample_images(
     colour_reference: str | Path | None = None,
     device: str = "cpu",
     resume_file: str | Path | None = None,
+    stream: str = "image",
 ) -> int:
     """Rule ``sample_images``: one image per non-degenerate structure of a shard, with guidance.
 
@@ -440,7 +445,8 @@ def sample_images(
     colours are moved to those of one of its real patches (:func:`transfer_colours`, not in
     the paper: a stain normalisation for image models too short-trained to draw real stains).
     ``resume_file`` keeps finished batches across a kill (see :func:`_run_batches`).
-    Returns the number of pairs written.
+    ``stream`` names the noise stream (:data:`STREAMS`; rule ``sample_extra_images``:
+    ``extra_image``). Returns the number of pairs written.
     """
     chosen = chosen_weights(selection)
     model, schedule, saved = load_diffusion_model(model_path, device=device, expect="image", **chosen)
@@ -458,7 +464,8 @@ def sample_images(
     size = int(saved["patch_size"])
 
     def run_batch(batch: np.ndarray, start: int) -> dict[str, np.ndarray]:
-        images = image_batch(model, schedule, instances[start : start + len(batch)], batch, sampling, device=device)
+        chunk = instances[start : start + len(batch)]
+        images = image_batch(model, schedule, chunk, batch, sampling, device=device, stream=stream)
         return {"sample_index": batch, "images": images}
 
     fingerprint = {
@@ -466,6 +473,7 @@ def sample_images(
         "sampling": asdict(sampling),
         "weights": chosen,
         "structures": file_sha256(structures_npz),
+        **({"stream": stream} if stream != "image" else {}),
     }
     parts = _run_batches(indices, sampling.batch_size, run_batch, resume_file=resume_file, fingerprint=fingerprint)
     images = _concat(parts, "images", (0, size, size, 3), np.uint8)
