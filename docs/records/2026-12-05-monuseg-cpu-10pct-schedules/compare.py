@@ -1,0 +1,56 @@
+"""Each arm's best validation score under each schedule, and the schedule validation prefers.
+
+    python compare.py <schedule>=<folder with validation_hovernet_<arm>_seed<k>.csv> ... [--seed k]
+
+e.g. ``x1=../2026-12-05-monuseg-cpu-10pct-arms/block2 x2=block2-x2``. A run keeps the weights of
+its best validation (mean of Dice and AJI on the held-out validation patches), so a schedule's
+score is that best value; the test images play no part. Writes ``schedules.csv`` here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+ARMS = ["labelled", "augmented", "pretrained", "pretrained-real", "shuffled"]
+
+
+def best_of(log: Path) -> dict[str, float]:
+    table = pd.read_csv(log)
+    best = table.loc[table["score"].idxmax()]
+    return {
+        "best_score": float(best["score"]),
+        "best_dice": float(best["dice"]),
+        "best_aji": float(best["aji"]),
+        "best_step": int(best["step"]),
+        "last_step": int(table["step"].max()),
+        "best_at_last": bool(best["step"] == table["step"].max()),
+    }
+
+
+def main(argv: list[str]) -> pd.DataFrame:
+    seed = 0
+    if "--seed" in argv:
+        seed = int(argv[argv.index("--seed") + 1])
+        argv = argv[: argv.index("--seed")]
+    rows = []
+    for spec in argv:
+        schedule, folder = spec.split("=", 1)
+        for arm in ARMS:
+            log = Path(folder) / f"validation_hovernet_{arm}_seed{seed}.csv"
+            if log.is_file():
+                rows.append({"arm": arm, "schedule": schedule, "seed": seed, **best_of(log)})
+    table = pd.DataFrame(rows)
+    chosen = table.loc[table.groupby("arm")["best_score"].idxmax(), ["arm", "schedule"]]
+    table["chosen"] = [
+        (arm, schedule) in set(map(tuple, chosen.to_numpy())) for arm, schedule in zip(table["arm"], table["schedule"])
+    ]
+    table.to_csv(HERE / "schedules.csv", index=False)
+    return table
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1:]).to_string(index=False))
