@@ -17,6 +17,7 @@ schedule=config/overlays/monuseg-cpu-schedule-"$name".yaml
 overlays=(${block_overlay:+"$block_overlay"} "$schedule")
 mkdir -p "$scratch"
 cp -a "$block"/. "$scratch"/
+rm -rf "$scratch"/.snakemake/locks "$scratch"/.snakemake/incomplete   # the block's own run may still hold them
 # what the new schedule trains again, and what it must not see: no test predictions or scores
 rm -rf "$scratch"/results/monuseg/10pct/segmentation "$scratch"/checkpoints "$scratch"/results/table* \
   "$scratch"/logs/monuseg/10pct/train_segmenter_* "$scratch"/benchmarks/monuseg/10pct/train_segmenter_*
