@@ -5,22 +5,29 @@
 #
 #   tune.sh <finished block workdir> <scratch workdir> <schedule name> [<block overlay>] [seed]
 #
+# The seed is a segmenter seed other than the preset's first: the labelled run of the first
+# seed is the judge that chose the image model's weights, and must stay as the block had it
+# (training it again would choose weights and draw pairs again: another generator).
+#
 # <schedule name> names config/overlays/monuseg-cpu-schedule-<name>.yaml; <block overlay> is the
 # generator overlay the block ran with (config/overlays/monuseg-cpu-block2.yaml for block 2; ""
 # for block 1). The block's generator (prepared data, subsets, diffusion models, pairs, training
 # sets) is copied with its times kept, so only train_segmenter jobs run. Run from the repository
 # root (or a worktree at a fixed commit).
 set -euo pipefail
-block=$(realpath "$1"); scratch=$2; name=$3; block_overlay=${4:-}; seed=${5:-0}
+block=$(realpath "$1"); scratch=$2; name=$3; block_overlay=${4:-}; seed=${5:-1}
+[[ $seed != 0 ]] || { echo "seed 0 is the judge of the image weights: tune another seed" >&2; exit 1; }
 schedule=config/overlays/monuseg-cpu-schedule-"$name".yaml
 [[ -f $schedule ]] || { echo "no $schedule" >&2; exit 1; }
 overlays=(${block_overlay:+"$block_overlay"} "$schedule")
 mkdir -p "$scratch"
 cp -a "$block"/. "$scratch"/
 rm -rf "$scratch"/.snakemake/locks "$scratch"/.snakemake/incomplete   # the block's own run may still hold them
-# what the new schedule trains again, and what it must not see: no test predictions or scores
-rm -rf "$scratch"/results/monuseg/10pct/segmentation "$scratch"/checkpoints "$scratch"/results/table* \
-  "$scratch"/logs/monuseg/10pct/train_segmenter_* "$scratch"/benchmarks/monuseg/10pct/train_segmenter_*
+# what the new schedule trains again (every arm of this seed), and no test scores or tables
+rm -rf "$scratch"/results/monuseg/10pct/segmentation/hovernet/*/seed"$seed" "$scratch"/checkpoints \
+  "$scratch"/results/table* "$scratch"/results/monuseg/10pct/segmentation/*/*/*/scores.csv \
+  "$scratch"/logs/monuseg/10pct/train_segmenter_*seed"$seed".log \
+  "$scratch"/benchmarks/monuseg/10pct/train_segmenter_*seed"$seed".tsv
 targets=()
 for arm in labelled augmented pretrained pretrained-real shuffled; do
   targets+=("results/monuseg/10pct/segmentation/hovernet/$arm/seed$seed/validation.csv")
