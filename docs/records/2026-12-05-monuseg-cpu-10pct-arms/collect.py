@@ -2,6 +2,7 @@
 
     python docs/records/2026-12-05-monuseg-cpu-10pct-arms/collect.py <block workdir> <block name>
     python docs/records/2026-12-05-monuseg-cpu-10pct-arms/collect.py --pool
+    python docs/records/2026-12-05-monuseg-cpu-10pct-arms/collect.py --markdown   # the README's tables
 
 A block is one run of ``snakemake --cores 2 --directory <workdir> --configfile
 config/monuseg-cpu.yaml [config/overlays/monuseg-cpu-block<k>.yaml]``: one generator, every arm,
@@ -74,8 +75,42 @@ def pool() -> None:
     print(table.to_string(index=False))
 
 
+def markdown() -> None:
+    """Per block: arms (AJI mean +- sd over seeds) and each comparison; then the pooled one."""
+    import pandas as pd
+
+    blocks = sorted(p for p in HERE.glob("block*") if (p / "arms.csv").is_file())
+    arms = {b.name: pd.read_csv(b / "arms.csv").set_index("arm") for b in blocks}
+    print("| arm | " + " | ".join(f"{b} AJI" for b in arms) + " |")
+    print("|---|" + "---:|" * len(arms))
+    for arm in ["labelled", "augmented", "pretrained", "pretrained-real", "shuffled"]:
+        cells = [
+            f"{t.loc[arm, 'aji_mean']:.3f} ± {t.loc[arm, 'aji_sd']:.3f}" if arm in t.index else ""
+            for t in arms.values()
+        ]
+        print(f"| {arm} | " + " | ".join(cells) + " |")
+    print()
+    pooled = pd.read_csv(HERE / "pooled.csv") if (HERE / "pooled.csv").is_file() else None
+    header = " | ".join(f"{b.name}" for b in blocks)
+    print(f"| comparison (AJI) | {header} | pooled (block as unit) |")
+    print("|---|" + "---:|" * len(blocks) + "---|")
+    for arm, control in COMPARISONS:
+        cells = []
+        for b in blocks:
+            d = pd.read_csv(b / "arm_differences.csv")
+            row = d[(d.arm == arm) & (d.control == control) & (d.metric == "aji")].iloc[0]
+            cells.append(f"{row['mean']:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]")
+        last = ""
+        if pooled is not None:
+            row = pooled[(pooled.arm == arm) & (pooled.control == control) & (pooled.metric == "aji")].iloc[0]
+            last = f"{row['mean']:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], {row.n_higher} of {row.n_pairs} higher"
+        print(f"| {arm} - {control} | " + " | ".join(cells) + f" | {last} |")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--pool"]:
         pool()
+    elif sys.argv[1:] == ["--markdown"]:
+        markdown()
     else:
         collect(Path(sys.argv[1]), sys.argv[2])
