@@ -34,8 +34,9 @@ def best_of(log: Path) -> dict[str, float]:
 def main(argv: list[str]) -> pd.DataFrame:
     seed = 0
     if "--seed" in argv:
-        seed = int(argv[argv.index("--seed") + 1])
-        argv = argv[: argv.index("--seed")]
+        at = argv.index("--seed")
+        seed = int(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
     rows = []
     for spec in argv:
         schedule, folder = spec.split("=", 1)
