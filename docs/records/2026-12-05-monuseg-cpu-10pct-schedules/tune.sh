@@ -3,7 +3,10 @@
 # and write only the validation logs: the test images are not read (the targets are the
 # validation logs, and train_segmenter never reads the test split).
 #
-#   tune.sh <finished block workdir> <scratch workdir> <schedule name> [<block overlay>] [seed]
+#   [ARMS="labelled augmented"] [CORES=1] tune.sh <finished block workdir> <scratch workdir> <schedule name> [<block overlay>] [seed]
+#
+# ARMS (default: all five) picks the arms to train again; CORES (default 2) the cores Snakemake
+# may use, so that two tunings can share a machine.
 #
 # The seed is a segmenter seed other than the preset's first: the labelled run of the first
 # seed is the judge that chose the image model's weights, and must stay as the block had it
@@ -29,8 +32,8 @@ rm -rf "$scratch"/results/monuseg/10pct/segmentation/hovernet/*/seed"$seed" "$sc
   "$scratch"/logs/monuseg/10pct/train_segmenter_*seed"$seed".log \
   "$scratch"/benchmarks/monuseg/10pct/train_segmenter_*seed"$seed".tsv
 targets=()
-for arm in labelled augmented pretrained pretrained-real shuffled; do
+for arm in ${ARMS:-labelled augmented pretrained pretrained-real shuffled}; do
   targets+=("results/monuseg/10pct/segmentation/hovernet/$arm/seed$seed/validation.csv")
 done
-snakemake --cores 2 --rerun-triggers mtime --directory "$scratch" \
+snakemake --cores "${CORES:-2}" --rerun-triggers mtime --directory "$scratch" \
   --configfile config/monuseg-cpu.yaml "${overlays[@]}" -- "${targets[@]}"
