@@ -6,7 +6,8 @@
 #   [ARMS="labelled augmented"] [CORES=1] tune.sh <finished block workdir> <scratch workdir> <schedule name> [<block overlay>] [seed]
 #
 # ARMS (default: all five) picks the arms to train again; CORES (default 2) the cores Snakemake
-# may use, so that two tunings can share a machine.
+# may use, so that two tunings can share a machine; DRYRUN=1 only lists the jobs it would run
+# (train_segmenter alone, if the copy of the block is intact).
 #
 # The seed is a segmenter seed other than the preset's first: the labelled run of the first
 # seed is the judge that chose the image model's weights, and must stay as the block had it
@@ -26,6 +27,10 @@ overlays=(${block_overlay:+"$block_overlay"} "$schedule")
 mkdir -p "$scratch"
 cp -a "$block"/. "$scratch"/
 rm -rf "$scratch"/.snakemake/locks "$scratch"/.snakemake/incomplete   # the block's own run may still hold them
+# One time for every result of the block, later than its inputs: the data folder may have been
+# mounted again since the block ran (newer times), which would make --rerun-triggers mtime
+# rebuild the whole generator.
+find "$scratch"/results -exec touch -h -d "$(date -Iseconds)" {} +
 # what the new schedule trains again (every arm of this seed), and no test scores or tables
 rm -rf "$scratch"/results/monuseg/10pct/segmentation/hovernet/*/seed"$seed" "$scratch"/checkpoints \
   "$scratch"/results/table* "$scratch"/results/monuseg/10pct/segmentation/*/*/*/scores.csv \
@@ -35,5 +40,5 @@ targets=()
 for arm in ${ARMS:-labelled augmented pretrained pretrained-real shuffled}; do
   targets+=("results/monuseg/10pct/segmentation/hovernet/$arm/seed$seed/validation.csv")
 done
-snakemake --cores "${CORES:-2}" --rerun-triggers mtime --directory "$scratch" \
+snakemake ${DRYRUN:+--dry-run} --cores "${CORES:-2}" --rerun-triggers mtime --directory "$scratch" \
   --configfile config/monuseg-cpu.yaml "${overlays[@]}" -- "${targets[@]}"
