@@ -27,10 +27,11 @@ overlays=(${block_overlay:+"$block_overlay"} "$schedule")
 mkdir -p "$scratch"
 cp -a "$block"/. "$scratch"/
 rm -rf "$scratch"/.snakemake/locks "$scratch"/.snakemake/incomplete   # the block's own run may still hold them
-# One time for every result of the block, later than its inputs: the data folder may have been
-# mounted again since the block ran (newer times), which would make --rerun-triggers mtime
-# rebuild the whole generator.
-find "$scratch"/results -exec touch -h -d "$(date -Iseconds)" {} +
+# The data folder may have been mounted again since the block ran (newer times), which would
+# make --rerun-triggers mtime rebuild the whole generator: mark the block's results up to date,
+# in the order of its DAG, before removing what this tuning trains again.
+snakemake --touch --quiet --cores 1 --rerun-triggers mtime --directory "$scratch" \
+  --configfile config/monuseg-cpu.yaml ${block_overlay:+"$block_overlay"}
 # what the new schedule trains again (every arm of this seed), and no test scores or tables
 rm -rf "$scratch"/results/monuseg/10pct/segmentation/hovernet/*/seed"$seed" "$scratch"/checkpoints \
   "$scratch"/results/table* "$scratch"/results/monuseg/10pct/segmentation/*/*/*/scores.csv \
