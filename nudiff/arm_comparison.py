@@ -67,8 +67,11 @@ def _read_metrics(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _validation_record(path: str | os.PathLike) -> dict[str, float]:
-    """Best validation score, its step and the last validated step of one run."""
-    log = read_table(path, required=["step", "score"], what="validation log", allow_empty=False)
+    """Best validation score, its step and the last validated step of one run (NaN for a run
+    that validated nothing: it trained on its validation images and kept its last weights)."""
+    log = read_table(path, required=["step", "score"], what="validation log")
+    if log.empty:
+        return {"val_score": np.nan, "best_step": np.nan, "last_step": np.nan}
     best = log.loc[log["score"].idxmax()]
     return {"val_score": float(best["score"]), "best_step": int(best["step"]), "last_step": int(log["step"].max())}
 

@@ -221,6 +221,27 @@ def test_arms_are_compared_seed_by_seed_with_their_validation_records(tmp_path):
     assert (tmp_path / "a.png").stat().st_size > 1000
 
 
+def test_a_run_without_validation_is_compared_without_a_validation_record(tmp_path):
+    """A run that trained on its validation images (validation_images: train) has an empty log:
+    its test scores still count, its validation columns are empty."""
+    metrics_table({0: 0.05, 1: 0.01}).to_csv(tmp_path / "metrics.csv", index=False)
+    logs = {}
+    for arm in ("labelled", "augmented"):
+        for seed in range(2):
+            logs[f"hovernet/{arm}/{seed}"] = path = tmp_path / f"val_{arm}_{seed}.csv"
+            pd.DataFrame(columns=["step", "dice", "aji", "score"]).to_csv(path, index=False)
+    summary, differences = compare_arms(
+        tmp_path / "metrics.csv",
+        logs,
+        [("augmented", "labelled")],
+        tmp_path / "s.csv",
+        tmp_path / "d.csv",
+        tmp_path / "a.png",
+    )
+    assert differences[differences["metric"] == "aji"].iloc[0]["mean"] == pytest.approx(0.03)
+    assert summary["val_score_mean"].isna().all() and (summary["n_best_at_last"] == 0).all()
+
+
 def test_blocks_are_pooled_with_the_block_as_the_unit(tmp_path):
     """Three blocks of two seeds: the pooled mean is the mean of the block means, and the
     interval has 2 degrees of freedom (3 blocks), not 5 (6 block x seed pairs)."""

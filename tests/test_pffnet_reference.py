@@ -6,10 +6,12 @@ empty patches left out."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from test_pffnet import TINY, batch, disc_patch
 from torch.nn import functional as F
 
@@ -207,3 +209,14 @@ def test_reference_flips_are_horizontal_and_vertical_only():
     assert seen == {"none", "h", "v", "hv"}
     defaults = PFFNetTraining()
     assert (defaults.flips, defaults.skip_empty, defaults.freeze_at) == ("hv", True, 2)
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"), [("monuseg.yaml", "train"), ("kumar.yaml", "train"), ("monuseg-cpu.yaml", None)]
+)
+def test_the_paper_presets_train_pffnet_on_every_image_with_its_last_weights(preset, expected):
+    """The reference trains PFF-Net on every training image and keeps the last weights: the paper
+    presets say so; the CPU preset keeps the validation split every arm chooses weights on."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / preset).read_text())
+    assert config["segmentation"]["pffnet"]["training"].get("validation_images") == expected
+    assert PFFNetTraining().validation_images == "select"

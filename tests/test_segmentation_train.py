@@ -570,6 +570,35 @@ def test_a_fixed_validation_table_replaces_the_seeded_split(tmp_path):
         load_training_data(samples, HoVerNetTraining(iterations=1), "t", validation_samples=held)
 
 
+def test_validation_images_train_join_the_training_patches_and_keep_the_last_weights(tmp_path):
+    """validation_images: train (PFF-Net's reference): the held-out patches train too, nothing is
+    validated, the saved weights are those of the last step and the validation log is empty."""
+    samples = sample_table(tmp_path)
+    table = read_sample_table(samples)
+    held, rest = tmp_path / "held.csv", tmp_path / "rest.csv"
+    write_sample_table(table.iloc[:3][SAMPLE_COLUMNS], held)
+    write_sample_table(table.iloc[3:][SAMPLE_COLUMNS], rest)
+    cfg = HoVerNetTraining(iterations=1, validation_images="train")
+    data = load_training_data(rest, cfg, "t", validation_samples=held)
+    assert len(data.rgb) == len(table) and len(data.val_rgb) == 0
+    assert len(load_training_data(samples, cfg, "t").val_rgb) == 0  # no seeded split either
+    kept = train_segmenter(
+        rest,
+        tmp_path / "m.pt",
+        network=TINY.to_dict(),
+        training=settings(validation_images="train"),
+        checkpoint_dir=tmp_path / "ckpt",
+        validation_csv=tmp_path / "val.csv",
+        validation_samples=held,
+    )
+    assert kept.best_step == 6 and kept.best_score is None
+    assert load_state(tmp_path / "m.pt")["best_step"] == 6
+    log = pd.read_csv(tmp_path / "val.csv")
+    assert list(log.columns[:2]) == ["step", "dice"] and log.empty
+    with pytest.raises(ConfigError, match="validation_images"):
+        HoVerNetTraining(validation_images="hold")
+
+
 def test_phase_schedule_after_synthetic_pretraining_is_the_schedule_without_it():
     """3 pre-training steps at the full lr with the encoder trained, a fresh Adam state after
     them, then the phases of test_phase_schedule_... shifted by 3."""

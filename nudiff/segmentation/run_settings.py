@@ -21,6 +21,7 @@ from nudiff.segmentation.batches import BATCH_STREAM
 from nudiff.training.loop import LoopSettings
 
 PRETRAIN_SOURCES = ("synthetic", "real")
+VALIDATION_USES = ("select", "train")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class SegmenterRun:
         grad_clip: gradient-norm clipping (none in either paper recipe).
         validate_every: steps between validations (the last step is always validated).
         val_fraction: share of the real source images held out for validation; 0 = none.
+        validation_images: what the held-out validation patches are for: ``"select"`` (the
+            default): validated every ``validate_every`` steps, the best-scoring weights kept;
+            ``"train"``: they join the training patches and the last weights are kept, as
+            PFF-Net's reference trains (every training image, the final weights).
         augment: random flips/rotations (and the model's further augmentations).
         skip_empty: leave out training patches without nuclei (PFF-Net's reference: only
             images with annotations train).
@@ -80,6 +85,7 @@ class SegmenterRun:
     grad_clip: float | None = None
     validate_every: int = 1000
     val_fraction: float = 0.1
+    validation_images: str = "select"
     augment: bool = True
     skip_empty: bool = False
     checkpoint_every: int = 1000
@@ -110,6 +116,10 @@ class SegmenterRun:
             )
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"training.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.validation_images not in VALIDATION_USES:
+            raise ConfigError(
+                f"training.validation_images must be one of {VALIDATION_USES}, got {self.validation_images!r}"
+            )
         workers = self.loader_workers
         if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
             raise ConfigError(f"training.loader_workers must be 'auto' or an integer >= 0, got {workers!r}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from nudiff.errors import ConfigError, InputDataError
 from nudiff.holdout import split_validation
@@ -84,21 +85,34 @@ def load_training_data(
     Args:
         validation_samples: a sample table of real validation patches (the subset's held-out
             source images, :mod:`nudiff.holdout`); without one, ``settings.val_fraction`` of the
-            table's source images are held out here, drawn with the run's seed.
+            table's source images are held out here, drawn with the run's seed. With
+            ``settings.validation_images == "train"`` they are training patches instead (and
+            nothing is held out).
 
     Raises:
         InputDataError: nothing left to train on, or paired mixing without real samples.
     """
     table = read_sample_table(samples_csv)
+    train_on_validation = settings.validation_images == "train"
     if validation_samples is None:
-        train_rows, val_rows = split_validation(table, val_fraction=settings.val_fraction, seed=settings.seed)
+        fraction = 0.0 if train_on_validation else settings.val_fraction
+        train_rows, val_rows = split_validation(table, val_fraction=fraction, seed=settings.seed)
         val_table = table
     else:
         val_table = read_sample_table(validation_samples)
         shared = sorted(set(table["sample_id"]) & set(val_table["sample_id"]))
         if shared:
             raise InputDataError(f"{samples_csv}: validation patches of {validation_samples} also train: {shared[:5]}")
-        train_rows, val_rows = np.arange(len(table)), np.arange(len(val_table))
+        if train_on_validation:
+            logger.info(
+                "validation_images train: the %d patches of %s train too; the last weights are kept",
+                len(val_table),
+                validation_samples,
+            )
+            table = pd.concat([table, val_table], ignore_index=True)
+            train_rows, val_rows = np.arange(len(table)), np.arange(0)
+        else:
+            train_rows, val_rows = np.arange(len(table)), np.arange(len(val_table))
     if len(train_rows) == 0:
         raise InputDataError(f"{samples_csv}: no training samples left after the validation split")
     reader = SampleReader(table)
