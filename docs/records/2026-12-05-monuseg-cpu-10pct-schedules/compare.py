@@ -4,7 +4,8 @@
 
 e.g. ``x1=../2026-12-05-monuseg-cpu-10pct-arms/block2 x2=block2-x2``. A run keeps the weights of
 its best validation (mean of Dice and AJI on the held-out validation patches), so a schedule's
-score is that best value; the test images play no part. Writes ``schedules.csv`` here.
+score is that best value; the test images play no part. Writes ``schedules.csv`` here, and
+``curves.png``: each arm's validation score against the step, one line per schedule.
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ def main(argv: list[str]) -> pd.DataFrame:
         at = argv.index("--seed")
         seed = int(argv[at + 1])
         argv = argv[:at] + argv[at + 2 :]
-    rows = []
+    rows, logs = [], {}
     for spec in argv:
         schedule, folder = spec.split("=", 1)
         for arm in ARMS:
             log = Path(folder) / f"validation_hovernet_{arm}_seed{seed}.csv"
             if log.is_file():
+                logs[(arm, schedule)] = log
                 rows.append({"arm": arm, "schedule": schedule, "seed": seed, **best_of(log)})
     table = pd.DataFrame(rows)
     chosen = table.loc[table.groupby("arm")["best_score"].idxmax(), ["arm", "schedule"]]
@@ -50,7 +52,32 @@ def main(argv: list[str]) -> pd.DataFrame:
         (arm, schedule) in set(map(tuple, chosen.to_numpy())) for arm, schedule in zip(table["arm"], table["schedule"])
     ]
     table.to_csv(HERE / "schedules.csv", index=False)
+    plot_curves(logs, HERE / "curves.png")
     return table
+
+
+def plot_curves(logs: dict[tuple[str, str], Path], out_png: Path) -> None:
+    """One panel per arm: validation score against step, a line per schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [arm for arm in ARMS if any(a == arm for a, _ in logs)]
+    fig, axes = plt.subplots(1, len(arms), figsize=(3.2 * len(arms), 3.0), sharey=True, squeeze=False)
+    for ax, arm in zip(axes[0], arms):
+        for (a, schedule), log in logs.items():
+            if a == arm:
+                table = pd.read_csv(log)
+                ax.plot(table["step"], table["score"], label=schedule, lw=1.2)
+        ax.set_title(arm, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation score (mean of Dice, AJI)")
+    axes[0][0].legend(title="schedule", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
