@@ -4,6 +4,11 @@
     python docs/records/2026-12-05-monuseg-cpu-10pct-arms/collect.py --pool
     python docs/records/2026-12-05-monuseg-cpu-10pct-arms/collect.py --markdown   # the README's tables
 
+``--record <folder>`` first writes into (and pools) another record's block folders instead of
+this one's: the blocks at the tuned schedules have their own record, and blocks run at
+different schedules are never pooled together. A block that trained only some arms (one
+comparison per block at the tuned schedules) gets the comparisons its arms allow.
+
 A block is one run of ``snakemake --cores 2 --directory <workdir> --configfile
 config/monuseg-cpu.yaml [config/overlays/monuseg-cpu-block<k>.yaml]``: one generator, every arm,
 2 segmenter seeds. ``--pool`` pools every block folder here with the block as the unit
@@ -42,10 +47,10 @@ COMPARISONS = [
 ]
 
 
-def collect(workdir: Path, name: str) -> None:
+def collect(workdir: Path, name: str, record: Path = HERE) -> None:
     from nudiff.job_times import markdown, read_job_times
 
-    out = HERE / name
+    out = record / name
     out.mkdir(exist_ok=True)
     for rel in FILES:
         source = workdir / SUBSET / rel
@@ -67,19 +72,20 @@ def collect(workdir: Path, name: str) -> None:
     (out / "job_times.md").write_text(markdown(jobs))
 
 
-def pool() -> None:
+def pool(record: Path = HERE) -> None:
     from nudiff.arm_comparison import write_pooled
 
-    blocks = {p.name: p / "metrics.csv" for p in sorted(HERE.glob("block*")) if (p / "metrics.csv").is_file()}
-    table = write_pooled(blocks, COMPARISONS, HERE / "pooled.csv")
+    blocks = {p.name: p / "metrics.csv" for p in sorted(record.glob("block*")) if (p / "metrics.csv").is_file()}
+    table = write_pooled(blocks, COMPARISONS, record / "pooled.csv")
     print(table.to_string(index=False))
 
 
-def markdown() -> None:
-    """Per block: arms (AJI mean +- sd over seeds) and each comparison; then the pooled one."""
+def markdown(record: Path = HERE) -> None:
+    """Per block: arms (AJI mean +- sd over seeds) and each comparison; then the pooled one
+    (blank cells: the block did not train that arm)."""
     import pandas as pd
 
-    blocks = sorted(p for p in HERE.glob("block*") if (p / "arms.csv").is_file())
+    blocks = sorted(p for p in record.glob("block*") if (p / "arms.csv").is_file())
     arms = {b.name: pd.read_csv(b / "arms.csv").set_index("arm") for b in blocks}
     print("| arm | " + " | ".join(f"{b} AJI" for b in arms) + " |")
     print("|---|" + "---:|" * len(arms))
@@ -88,9 +94,11 @@ def markdown() -> None:
             f"{t.loc[arm, 'aji_mean']:.3f} ± {t.loc[arm, 'aji_sd']:.3f}" if arm in t.index else ""
             for t in arms.values()
         ]
+        if not any(cells):
+            continue
         print(f"| {arm} | " + " | ".join(cells) + " |")
     print()
-    pooled = pd.read_csv(HERE / "pooled.csv") if (HERE / "pooled.csv").is_file() else None
+    pooled = pd.read_csv(record / "pooled.csv") if (record / "pooled.csv").is_file() else None
     header = " | ".join(f"{b.name}" for b in blocks)
     print(f"| comparison (AJI) | {header} | pooled (block as unit) |")
     print("|---|" + "---:|" * len(blocks) + "---|")
@@ -98,19 +106,31 @@ def markdown() -> None:
         cells = []
         for b in blocks:
             d = pd.read_csv(b / "arm_differences.csv")
-            row = d[(d.arm == arm) & (d.control == control) & (d.metric == "aji")].iloc[0]
-            cells.append(f"{row['mean']:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]")
+            rows = d[(d.arm == arm) & (d.control == control) & (d.metric == "aji")]
+            cells.append(
+                "" if rows.empty else f"{rows.iloc[0]['mean']:+.3f} [{rows.iloc[0].ci_low:+.3f}, {rows.iloc[0].ci_high:+.3f}]"
+            )
+        if not any(cells):
+            continue
         last = ""
-        if pooled is not None:
-            row = pooled[(pooled.arm == arm) & (pooled.control == control) & (pooled.metric == "aji")].iloc[0]
+        rows = pd.DataFrame() if pooled is None else pooled[
+            (pooled.arm == arm) & (pooled.control == control) & (pooled.metric == "aji")
+        ]
+        if not rows.empty:
+            row = rows.iloc[0]
             last = f"{row['mean']:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], {row.n_higher} of {row.n_pairs} higher"
         print(f"| {arm} - {control} | " + " | ".join(cells) + f" | {last} |")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--pool"]:
-        pool()
-    elif sys.argv[1:] == ["--markdown"]:
-        markdown()
+    args = sys.argv[1:]
+    record = HERE
+    if args[:1] == ["--record"]:
+        record, args = Path(args[1]).resolve(), args[2:]
+        record.mkdir(parents=True, exist_ok=True)
+    if args == ["--pool"]:
+        pool(record)
+    elif args == ["--markdown"]:
+        markdown(record)
     else:
-        collect(Path(sys.argv[1]), sys.argv[2])
+        collect(Path(args[0]), args[1], record)
