@@ -161,6 +161,9 @@ def resources_for(rule_name):
 # before other ready jobs: the augmented segmenters wait for them, while the labelled ones and
 # the reports can fill the other cores. Without it, a 2-core run of config/monuseg-cpu.yaml
 # trained all labelled Hover-Nets before starting the image model (docs/records/2026-12-01-monuseg-cpu-10pct-do-pairs-help).
+# A priority does not pass to a job's inputs, so each subset's own data jobs (select_subset,
+# hold_out_validation) carry it too: without it the demo's 100% subset waited behind the 10%
+# segmenters and its generator started after 7 of the 17.8 minutes (docs/records/2026-12-05-demo-fresh-clone-pffnet900).
 PAIRS_PRIORITY = 10
 # Segmenter training, the longest jobs after them, goes before the short ones (test-image
 # inference, guidance sweep, sampler comparison, reports), which then fill the other cores

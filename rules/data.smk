@@ -108,6 +108,7 @@ rule select_subset:
         "logs/{dataset}/{pct}pct/select_subset.log",
     params:
         percent=lambda wildcards: int(wildcards.pct),
+    priority: PAIRS_PRIORITY
     threads: threads_for("select_subset")
     resources:
         **resources_for("select_subset"),
@@ -129,6 +130,7 @@ rule hold_out_validation:
         "logs/{dataset}/{pct}pct/hold_out_validation.log",
     params:
         validation=config["validation"],
+    priority: PAIRS_PRIORITY
     threads: threads_for("hold_out_validation")
     resources:
         **resources_for("hold_out_validation"),
