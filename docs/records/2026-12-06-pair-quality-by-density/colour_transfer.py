@@ -1,0 +1,81 @@
+"""Pair quality with the pairs' colours moved to the training part's (``diffusion.colour_transfer``).
+
+    python docs/records/2026-12-06-pair-quality-by-density/colour_transfer.py <finished block> <out folder> <sampling seed>
+
+Applies :func:`nudiff.diffusion.colour_transfer.transfer_colours` (the function ``sample_images``
+applies with ``diffusion.colour_transfer: true``: each image takes the CIELAB mean and std of a
+real patch of the subset's training part of similar nuclear fraction) to a finished block's
+pairs as sampled, and asks the block's judge (the labelled Hover-Net, seed 0) to segment them,
+as ``segment_synthetic_pairs`` does. Writes ``transfer_per_pair.csv``, ``transfer_summary.csv``
+(pairs as sampled against transferred) and ``transfer_samples.png`` (8 pairs, as sampled above,
+transferred below). Never reads the test images.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SUBSET = Path("results/monuseg/10pct")
+
+
+def main(block: Path, out: Path, seed: int) -> None:
+    from nudiff.assessment.segmenter_agreement import judge_images
+    from nudiff.diffusion.colour_transfer import real_colours, transfer_colours
+    from nudiff.segmentation.hovernet.train import load_hovernet
+
+    shards = sorted((block / SUBSET / "synthetic").glob("pairs_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
+    data = [np.load(shard) for shard in shards]
+    images = np.concatenate([d["images"] for d in data])
+    instances = np.concatenate([d["instances"] for d in data])
+    indices = np.concatenate([d["sample_index"] for d in data])
+    reference = real_colours(block / SUBSET / "trainsets/labelled_train.csv")
+    transferred, _ = transfer_colours(images, instances, indices, reference, seed)
+
+    model, meta = load_hovernet(block / SUBSET / "segmentation/hovernet/labelled/seed0/model.pt", "cpu")
+    per_pair = judge_images(model, meta, transferred, list(instances), watershed=None, device="cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    per_pair.to_csv(out / "transfer_per_pair.csv", index=False)
+    sampled = pd.read_csv(block / SUBSET / "synthetic/quality/segmenter_agreement_per_pair.csv")
+    rows = []
+    for name, table in (("pairs as sampled", sampled), ("pairs, colours transferred", per_pair)):
+        rows.append(
+            {
+                "set": name,
+                "n": len(table),
+                "dice_mean": table["dice"].mean(),
+                "aji_mean": table["aji"].mean(),
+                "aji_median": table["aji"].median(),
+                "judge_finds_none": int((table["aji"] < 0.05).sum()),
+            }
+        )
+    summary = pd.DataFrame(rows)
+    summary.to_csv(out / "transfer_summary.csv", index=False)
+    print(summary.to_string(index=False))
+    strip(images[:8], transferred[:8], out / "transfer_samples.png")
+
+
+def strip(before: np.ndarray, after: np.ndarray, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(before), figsize=(1.5 * len(before), 3.2), squeeze=False)
+    for ax, image in zip(axes.ravel(), [*before, *after]):
+        ax.imshow(image)
+        ax.axis("off")
+    axes[0, 0].set_title("as sampled", fontsize=8, loc="left")
+    axes[1, 0].set_title("colours transferred", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
