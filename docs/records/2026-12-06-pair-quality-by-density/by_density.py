@@ -68,7 +68,10 @@ def failures(real_images: np.ndarray, pairs: pd.DataFrame, images: np.ndarray, o
     table = pd.concat([pairs, colour], axis=1).assign(failed=lambda t: t["aji"] < FAILED_AJI)
     table[table["failed"]].to_csv(out / "failures.csv", index=False)
     groups = [("real validation patches", pd.DataFrame(mean_colour(real_images), columns=["r", "g", "b"]))]
-    groups += [("pairs, judge finds nuclei", table[~table["failed"]]), ("pairs, judge finds none", table[table["failed"]])]
+    groups += [
+        ("pairs, judge finds nuclei", table[~table["failed"]]),
+        ("pairs, judge finds none", table[table["failed"]]),
+    ]
     rows = [{"group": name, "n": len(t), **{c: t[c].mean() for c in "rgb"}} for name, t in groups]
     rows[1]["aji_mean"] = table.loc[~table["failed"], "aji"].mean()
     rows[2]["aji_mean"] = table.loc[table["failed"], "aji"].mean()

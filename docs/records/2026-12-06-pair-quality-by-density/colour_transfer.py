@@ -1,6 +1,6 @@
 """Pair quality with the pairs' colours moved to the training part's (``diffusion.colour_transfer``).
 
-    python docs/records/2026-12-06-pair-quality-by-density/colour_transfer.py <finished block> <out folder> <sampling seed>
+    python docs/records/2026-12-06-pair-quality-by-density/colour_transfer.py <block> <out folder> <sampling seed>
 
 Applies :func:`nudiff.diffusion.colour_transfer.transfer_colours` (the function ``sample_images``
 applies with ``diffusion.colour_transfer: true``: each image takes the CIELAB mean and std of a
