@@ -54,8 +54,10 @@ def binned(table: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def pair_images(block: Path) -> np.ndarray:
     """The pairs' images in the order of the per-pair file (shard by shard)."""
+    from nudiff.diffusion.quality import read_shards
+
     shards = sorted((block / SUBSET / "synthetic").glob("pairs_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-    return np.concatenate([np.load(shard)["images"] for shard in shards])
+    return read_shards(shards, ("images",), "pair shards")["images"]
 
 
 def mean_colour(images: np.ndarray) -> np.ndarray:

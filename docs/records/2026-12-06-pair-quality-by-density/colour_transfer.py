@@ -27,13 +27,12 @@ SUBSET = Path("results/monuseg/10pct")
 def main(block: Path, out: Path, seed: int, judge: int = 0) -> None:
     from nudiff.assessment.segmenter_agreement import judge_images, judge_real_patches
     from nudiff.diffusion.colour_transfer import real_colours, transfer_colours
+    from nudiff.diffusion.quality import read_shards
     from nudiff.segmentation.hovernet.train import load_hovernet
 
     shards = sorted((block / SUBSET / "synthetic").glob("pairs_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
-    data = [np.load(shard) for shard in shards]
-    images = np.concatenate([d["images"] for d in data])
-    instances = np.concatenate([d["instances"] for d in data])
-    indices = np.concatenate([d["sample_index"] for d in data])
+    pairs = read_shards(shards, ("images", "instances", "sample_index"), "pair shards")
+    images, instances, indices = pairs["images"], pairs["instances"], pairs["sample_index"]
     reference = real_colours(block / SUBSET / "trainsets/labelled_train.csv")
     transferred, _ = transfer_colours(images, instances, indices, reference, seed)
 
