@@ -268,3 +268,60 @@ def write_pooled(
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     return table
+
+
+def plot_pooled(
+    blocks: Mapping[str, str | os.PathLike], arm: str, control: str, out_png: str | os.PathLike
+) -> pd.DataFrame:
+    """Forest plot of ``arm - control`` per block and pooled, one panel per model and metric:
+    each block x seed difference (dots), each block's mean (bar), and the pooled mean with its
+    95% t-interval over block means (the row at the bottom), so a reader sees what the interval
+    rests on.
+
+    Returns:
+        The plotted per-seed differences, with a ``block`` column.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nudiff.figures import save_figure
+
+    differences = pd.concat(
+        [per_seed_differences(_read_metrics(path), arm, control).assign(block=name) for name, path in blocks.items()],
+        ignore_index=True,
+    )
+    pooled = pool_blocks(blocks, [(arm, control)])
+    panels = [(m, k) for m in dict.fromkeys(differences["model"]) for k in COMPARED]
+    names = list(blocks)
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(5.5 * len(panels), 0.55 * len(names) + 1.8))
+    for ax, (model, metric) in zip(axes[0], panels):
+        part = differences[differences["model"] == model]
+        for y, name in enumerate(names):
+            values = part.loc[part["block"] == name, metric]
+            ax.scatter(values, np.full(len(values), y), s=22, color="tab:blue", zorder=2)
+            ax.plot(values.mean(), y, "k|", markersize=16, mew=2, zorder=3)
+        row = pooled[(pooled["model"] == model) & (pooled["metric"] == metric)].iloc[0]
+        y = len(names)
+        ax.errorbar(
+            row["mean"],
+            y,
+            xerr=np.nan_to_num([[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]),
+            fmt="D",
+            color="k",
+            capsize=4,
+        )
+        ax.axvline(0, color="tab:red", lw=0.8)
+        ax.margins(x=0.08)  # keep the zero line off the frame
+        ax.set_yticks(range(len(names) + 1))
+        ax.set_yticklabels([*names, f"pooled ({row['n_blocks']} blocks)"], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{model}: {arm} - {control}, test {'AJI' if metric == 'aji' else 'Dice'}")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(
+        "dots: segmenter seeds; bars: block means; diamond: pooled mean, 95% t-interval over blocks", fontsize=9
+    )
+    fig.tight_layout()
+    save_figure(fig, out_png)
+    return differences

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from drawn import discs, painted, write_pairs
 
-from nudiff.arm_comparison import compare_arms, pool_blocks, t_interval
+from nudiff.arm_comparison import compare_arms, plot_pooled, pool_blocks, t_interval
 from nudiff.arms import arm_training, check_arms, comparisons, control_of
 from nudiff.diffusion.shuffled_pairs import build_shuffled_set, derangement
 from nudiff.errors import ConfigError, InputDataError
@@ -259,3 +259,16 @@ def test_blocks_are_pooled_with_the_block_as_the_unit(tmp_path):
     assert row["mean"] == pytest.approx((0.03 + 0.11 - 0.01) / 3)
     expected = t_interval([0.03, 0.11, -0.01])
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(expected[2:])
+
+
+def test_pooled_plot_shows_every_block_and_seed(tmp_path):
+    """The forest plot draws each block x seed difference it was given, under its block."""
+    blocks = {}
+    for name, deltas in (("b1", {0: 0.02, 1: 0.04}), ("b2", {0: -0.05})):
+        path = tmp_path / f"{name}.csv"
+        metrics_table(deltas).to_csv(path, index=False)
+        blocks[name] = path
+    plotted = plot_pooled(blocks, "augmented", "labelled", tmp_path / "pooled.png")
+    assert (tmp_path / "pooled.png").stat().st_size > 0
+    assert list(plotted["block"]) == ["b1", "b1", "b2"]
+    assert plotted["aji"].to_numpy() == pytest.approx([0.02, 0.04, -0.05])

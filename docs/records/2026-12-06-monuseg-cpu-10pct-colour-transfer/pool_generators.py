@@ -5,14 +5,15 @@
 Blocks 3 and 4 of the tuned record ran with pairs as sampled; blocks 4 and 5 here with their
 colours transferred. Block 4's generator has both, so there are two ways to count it once:
 with its transferred pairs (the preset as it is now; `pooled_generators.csv`) or as sampled
-(`pooled_generators_as_sampled.csv`). Both are written; neither is pooled with itself twice.
+(`pooled_generators_as_sampled.csv`). Both are written, each with its forest plot (`.png`);
+no generator is counted twice.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nudiff.arm_comparison import write_pooled
+from nudiff.arm_comparison import plot_pooled, write_pooled
 
 HERE = Path(__file__).resolve().parent
 TUNED = HERE.parent / "2026-12-05-monuseg-cpu-10pct-tuned"
@@ -30,5 +31,6 @@ if __name__ == "__main__":
             "block5 (transferred)": HERE / "block5/metrics.csv",
         }
         table = write_pooled(blocks, UNION, HERE / out)
+        plot_pooled(blocks, *UNION[0], (HERE / out).with_suffix(".png"))
         print(out)
         print(table.drop(columns=["unit"]).to_string(index=False))
