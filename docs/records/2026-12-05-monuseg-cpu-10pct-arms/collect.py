@@ -80,6 +80,18 @@ def pool(record: Path = HERE) -> None:
     print(table.to_string(index=False))
 
 
+def _mean_sd(mean: float, sd: float) -> str:
+    """``mean ± sd``, or the mean alone for a one-seed arm (its sd is undefined)."""
+    return f"{mean:.3f}" if sd != sd else f"{mean:.3f} ± {sd:.3f}"
+
+
+def _difference(row) -> str:
+    """``mean [low, high]``, or the mean alone where one seed leaves no interval."""
+    if row.ci_low != row.ci_low:
+        return f"{row['mean']:+.3f}"
+    return f"{row['mean']:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+
+
 def markdown(record: Path = HERE) -> None:
     """Per block: arms (AJI mean +- sd over seeds) and each comparison; then the pooled one
     (blank cells: the block did not train that arm)."""
@@ -91,8 +103,7 @@ def markdown(record: Path = HERE) -> None:
     print("|---|" + "---:|" * len(arms))
     for arm in ["labelled", "augmented", "pretrained", "pretrained-real", "shuffled"]:
         cells = [
-            f"{t.loc[arm, 'aji_mean']:.3f} ± {t.loc[arm, 'aji_sd']:.3f}" if arm in t.index else ""
-            for t in arms.values()
+            _mean_sd(t.loc[arm, "aji_mean"], t.loc[arm, "aji_sd"]) if arm in t.index else "" for t in arms.values()
         ]
         if not any(cells):
             continue
@@ -107,9 +118,7 @@ def markdown(record: Path = HERE) -> None:
         for b in blocks:
             d = pd.read_csv(b / "arm_differences.csv")
             rows = d[(d.arm == arm) & (d.control == control) & (d.metric == "aji")]
-            cells.append(
-                "" if rows.empty else f"{rows.iloc[0]['mean']:+.3f} [{rows.iloc[0].ci_low:+.3f}, {rows.iloc[0].ci_high:+.3f}]"
-            )
+            cells.append("" if rows.empty else _difference(rows.iloc[0]))
         if not any(cells):
             continue
         last = ""
@@ -118,7 +127,7 @@ def markdown(record: Path = HERE) -> None:
         ]
         if not rows.empty:
             row = rows.iloc[0]
-            last = f"{row['mean']:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}], {row.n_higher} of {row.n_pairs} higher"
+            last = f"{_difference(row)}, {row.n_higher} of {row.n_pairs} higher"
         print(f"| {arm} - {control} | " + " | ".join(cells) + f" | {last} |")
 
 
