@@ -93,42 +93,45 @@ def _difference(row) -> str:
 
 
 def markdown(record: Path = HERE) -> None:
-    """Per block: arms (AJI mean +- sd over seeds) and each comparison; then the pooled one
-    (blank cells: the block did not train that arm)."""
+    """Per segmenter and block: arms (AJI mean +- sd over seeds) and each comparison; then the
+    pooled one (blank cells: the block did not train that arm)."""
     import pandas as pd
 
     blocks = sorted(p for p in record.glob("block*") if (p / "arms.csv").is_file())
-    arms = {b.name: pd.read_csv(b / "arms.csv").set_index("arm") for b in blocks}
-    print("| arm | " + " | ".join(f"{b} AJI" for b in arms) + " |")
-    print("|---|" + "---:|" * len(arms))
-    for arm in ["labelled", "augmented", "pretrained", "pretrained-real", "shuffled"]:
-        cells = [
-            _mean_sd(t.loc[arm, "aji_mean"], t.loc[arm, "aji_sd"]) if arm in t.index else "" for t in arms.values()
-        ]
-        if not any(cells):
-            continue
-        print(f"| {arm} | " + " | ".join(cells) + " |")
-    print()
+    arms = {b.name: pd.read_csv(b / "arms.csv") for b in blocks}
+    differences = {b.name: pd.read_csv(b / "arm_differences.csv") for b in blocks}
     pooled = pd.read_csv(record / "pooled.csv") if (record / "pooled.csv").is_file() else None
-    header = " | ".join(f"{b.name}" for b in blocks)
-    print(f"| comparison (AJI) | {header} | pooled (block as unit) |")
-    print("|---|" + "---:|" * len(blocks) + "---|")
-    for arm, control in COMPARISONS:
-        cells = []
-        for b in blocks:
-            d = pd.read_csv(b / "arm_differences.csv")
-            rows = d[(d.arm == arm) & (d.control == control) & (d.metric == "aji")]
-            cells.append("" if rows.empty else _difference(rows.iloc[0]))
-        if not any(cells):
-            continue
-        last = ""
-        rows = pd.DataFrame() if pooled is None else pooled[
-            (pooled.arm == arm) & (pooled.control == control) & (pooled.metric == "aji")
-        ]
-        if not rows.empty:
-            row = rows.iloc[0]
-            last = f"{_difference(row)}, {row.n_higher} of {row.n_pairs} higher"
-        print(f"| {arm} - {control} | " + " | ".join(cells) + f" | {last} |")
+    models = list(dict.fromkeys(m for t in arms.values() for m in t["model"]))
+    for model in models:
+        print(f"**{model}**\n")
+        print("| arm | " + " | ".join(f"{b} AJI" for b in arms) + " |")
+        print("|---|" + "---:|" * len(arms))
+        for arm in ["labelled", "augmented", "pretrained", "pretrained-real", "shuffled"]:
+            cells = []
+            for t in arms.values():
+                rows = t[(t.model == model) & (t.arm == arm)]
+                cells.append("" if rows.empty else _mean_sd(rows.iloc[0]["aji_mean"], rows.iloc[0]["aji_sd"]))
+            if any(cells):
+                print(f"| {arm} | " + " | ".join(cells) + " |")
+        print()
+        print(f"| comparison (AJI) | {' | '.join(arms)} | pooled (block as unit) |")
+        print("|---|" + "---:|" * len(arms) + "---|")
+        for arm, control in COMPARISONS:
+            cells = []
+            for d in differences.values():
+                rows = d[(d.model == model) & (d.arm == arm) & (d.control == control) & (d.metric == "aji")]
+                cells.append("" if rows.empty else _difference(rows.iloc[0]))
+            if not any(cells):
+                continue
+            last = ""
+            rows = pd.DataFrame() if pooled is None else pooled[
+                (pooled.model == model) & (pooled.arm == arm) & (pooled.control == control) & (pooled.metric == "aji")
+            ]
+            if not rows.empty:
+                row = rows.iloc[0]
+                last = f"{_difference(row)}, {row.n_higher} of {row.n_pairs} higher"
+            print(f"| {arm} - {control} | " + " | ".join(cells) + f" | {last} |")
+        print()
 
 
 if __name__ == "__main__":

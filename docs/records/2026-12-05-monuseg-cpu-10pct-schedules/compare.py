@@ -1,15 +1,18 @@
 """Each arm's best validation score under each schedule, and the schedule validation prefers.
 
-    python compare.py <schedule>=<folder with validation_hovernet_<arm>_seed<k>.csv> ... [--seed k]
+    python compare.py <schedule>=<folder with validation_<model>_<arm>_seed<k>.csv> ... [--seed k]
+        [--model pffnet] [--out <folder>]
 
 e.g. ``x1=../2026-12-05-monuseg-cpu-10pct-arms/block2 x2=block2-x2``. A run keeps the weights of
 its best validation (mean of Dice and AJI on the held-out validation patches), so a schedule's
-score is that best value; the test images play no part. Writes ``schedules.csv`` here, and
-``curves.png``: each arm's validation score against the step, one line per schedule.
+score is that best value; the test images play no part. Writes ``schedules.csv`` in ``--out``
+(default: here), and ``curves.png``: each arm's validation score against the step, one line per
+schedule.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -33,16 +36,18 @@ def best_of(log: Path) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> pd.DataFrame:
-    seed = 0
-    if "--seed" in argv:
-        at = argv.index("--seed")
-        seed = int(argv[at + 1])
-        argv = argv[:at] + argv[at + 2 :]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("schedules", nargs="+", help="<schedule name>=<folder of validation logs>")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="hovernet", choices=["hovernet", "pffnet"])
+    parser.add_argument("--out", type=Path, default=HERE, help="where schedules.csv and curves.png go")
+    args = parser.parse_args(argv)
+    seed = args.seed
     rows, logs = [], {}
-    for spec in argv:
+    for spec in args.schedules:
         schedule, folder = spec.split("=", 1)
         for arm in ARMS:
-            log = Path(folder) / f"validation_hovernet_{arm}_seed{seed}.csv"
+            log = Path(folder) / f"validation_{args.model}_{arm}_seed{seed}.csv"
             if log.is_file():
                 logs[(arm, schedule)] = log
                 rows.append({"arm": arm, "schedule": schedule, "seed": seed, **best_of(log)})
@@ -51,8 +56,8 @@ def main(argv: list[str]) -> pd.DataFrame:
     table["chosen"] = [
         (arm, schedule) in set(map(tuple, chosen.to_numpy())) for arm, schedule in zip(table["arm"], table["schedule"])
     ]
-    table.to_csv(HERE / "schedules.csv", index=False)
-    plot_curves(logs, HERE / "curves.png")
+    table.to_csv(args.out / "schedules.csv", index=False)
+    plot_curves(logs, args.out / "curves.png")
     return table
 
 
