@@ -363,7 +363,7 @@ rule segment_synthetic_pairs:
     log:
         "logs/{dataset}/{pct}pct/segment_synthetic_pairs.log",
     params:
-        inference=config["segmentation"][MODELS[0]]["inference"],
+        inference=config["segmentation"][JUDGE_MODEL]["inference"],  # the judge's, whatever models lists first
         watershed=config["watershed"],
         device=config["segmentation"]["device"],
     threads: threads_for("segment_synthetic_pairs")
