@@ -5,8 +5,9 @@
 #
 #   [MODEL=pffnet] [ARMS="labelled augmented"] [CORES=1] tune.sh <finished block workdir> <scratch workdir> <schedule name> [<block overlay>] [seed]
 #
-# MODEL (default hovernet) is the segmenter to tune; ARMS (default: all five) picks the arms to train again; CORES (default 2) the cores Snakemake
-# may use, so that two tunings can share a machine; DRYRUN=1 only lists the jobs it would run
+# MODEL (default hovernet) is the segmenter to tune; ARMS (default: all five) picks the arms
+# to train again; CORES (default 2) the cores Snakemake may use, so that two tunings can share a
+# machine; DRYRUN=1 only lists the jobs it would run
 # (train_segmenter alone, if the copy of the block is intact).
 #
 # The seed is a segmenter seed other than the preset's first: the labelled run of the first
@@ -14,8 +15,8 @@
 # (training it again would choose weights and draw pairs again: another generator).
 #
 # <schedule name> names config/overlays/monuseg-cpu-schedule-<name>.yaml (Hover-Net) or
-# config/overlays/monuseg-cpu-pffnet-schedule-<name>.yaml (PFF-Net, which also adds the model); <block overlay> is the
-# generator overlay the block ran with (config/overlays/monuseg-cpu-block2.yaml for block 2; ""
+# config/overlays/monuseg-cpu-pffnet-schedule-<name>.yaml (PFF-Net, which also adds the model);
+# <block overlay> is the generator overlay the block ran with (config/overlays/monuseg-cpu-block2.yaml for block 2; ""
 # for block 1). The block's generator (prepared data, subsets, diffusion models, pairs, training
 # sets) is copied with its times kept, so only train_segmenter jobs run. Run from the repository
 # root (or a worktree at a fixed commit).
