@@ -17,6 +17,7 @@ config/monuseg-cpu.yaml [config/overlays/monuseg-cpu-block<k>.yaml]``: one gener
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -63,10 +64,12 @@ def collect(workdir: Path, name: str, record: Path = HERE) -> None:
     for extra in ("results/provenance.json", "results/table.md"):
         if (workdir / extra).is_file():
             shutil.copy(workdir / extra, out / Path(extra).name)
-    # no machine paths in the record: the block's folder becomes <block>
+    # no machine paths in the record: the block's folder becomes <block>, and so does the
+    # folder a copied block was made from (its provenance names the original's data paths)
     for path in (out / "hold_out_validation.log", out / "provenance.json"):
         if path.is_file():
-            path.write_text(path.read_text().replace(f"{workdir.resolve()}/", "<block>/"))
+            text = path.read_text().replace(f"{workdir.resolve()}/", "<block>/")
+            path.write_text(re.sub(r"/[^\s\"']*?/(?=(?:data|results|logs)/)", "<block>/", text))
     jobs = read_job_times(workdir / "benchmarks")
     jobs.to_csv(out / "job_times.csv", index=False)
     (out / "job_times.md").write_text(markdown(jobs))
